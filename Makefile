@@ -1,0 +1,32 @@
+# The README's two commands:
+#   make run    set up .venv/ and execute every notebook headlessly (default profile)
+#   make test   set up .venv/ and run the unit tests and nbval over the notebooks (smoke profile)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup clean
+
+run: $(STAMP)
+	$(BIN)/python -m vitsurvey run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+setup: $(STAMP)
+
+# constraints.txt pins the tested set (torch 2.13.0 CPU build here; on a GPU machine the same pin
+# installs that platform's build). The check below fails set-up if CUDA packages arrived anyway on a
+# machine without a GPU, which happens when something pulls a newer torch.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/python -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
+		echo "error: CUDA packages (nvidia-*) were installed on a machine without a GPU; check that constraints.txt pins torch."; \
+		exit 1; fi
+	$(BIN)/python -m pip check
+	touch $@
+
+clean:
+	rm -rf $(VENV)
