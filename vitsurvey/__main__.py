@@ -1,0 +1,183 @@
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | run [NOTEBOOK ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from . import _compat
+
+_compat.ensure_torchvision_importable()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def doctor(_: argparse.Namespace) -> int:
+    import torch
+
+    from . import data, profiles, results
+
+    print("versions")
+    print(f"  python       {platform.python_version()}")
+    for dist in ("torch", "torchvision", "timm", "fvcore", "numpy", "pandas", "papermill", "vitsurvey"):
+        print(f"  {dist:<12} {_version(dist)}")
+    print(f"  torchvision fix: {_compat.STATE}")
+    print("device")
+    print(f"  cuda available: {torch.cuda.is_available()}")
+    print(f"  measuring on:   {results.device_name()}")
+    print("data sets")
+    for name, where in data.find_all().items():
+        print(f"  {name:<14} {where}")
+    print(f"  downloads:      {'off ($VITSURVEY_OFFLINE)' if data.offline() else 'allowed'}, into {data.default_root()}")
+    env = os.environ.get(profiles.ENV_VAR)
+    try:
+        picked = profiles.get_profile("auto").name
+    except ValueError as exc:
+        picked = f"error: {exc}"
+    print("profile")
+    print(f"  ${profiles.ENV_VAR}: {env or 'unset'}; 'auto' picks: {picked}")
+    print(f"outputs: {results.project_root()}")
+    return 0
+
+
+def profile_model(args: argparse.Namespace) -> int:
+    from . import measure, models, profiles
+
+    prof = profiles.get_profile(args.profile)
+    kwargs = {"img_size": args.img_size} if args.img_size else {}
+    try:
+        model = models.create(args.model, **kwargs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg_size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+    shape = (cfg_size[0], args.img_size or cfg_size[1], args.img_size or cfg_size[2])
+    record = measure.benchmark(model, shape, prof, name=args.model, batch_size=args.batch_size)
+    row = {**asdict(record), "profile": prof.name}
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    mib = 2**20
+    lines = [
+        ("model", f"{args.model} at {shape[-1]} px ({prof.name} profile, {prof.device})"),
+        ("params", f"{record.params:,}"),
+        ("MACs (fvcore, attention counted)", f"{record.macs:,}"),
+        ("MACs (analytic ViT formula)", f"{record.analytic_macs:,}" if record.analytic_macs else "n/a (not a plain ViT)"),
+        ("throughput", f"{record.throughput_img_s:,.1f} img/s at batch {record.batch_size}" if record.throughput_img_s else "out of memory"),
+        ("latency (batch 1)", f"{record.latency_ms:.2f} ms"),
+        (f"inference memory (batch {record.mem_batch_size})", f"{record.infer_mem_bytes / mib:,.1f} MiB" if record.infer_mem_bytes else "out of memory"),
+        (f"training memory (batch {record.mem_batch_size})", f"{record.train_mem_bytes / mib:,.1f} MiB" if record.train_mem_bytes else "out of memory"),
+        ("weights in memory", f"{record.weights_bytes / mib:,.1f} MiB"),
+        ("model size at 32 bit", f"{record.size_bytes_fp32:,} bytes"),
+        ("memory measured by", record.memory_method),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _notebooks_dir() -> Path:
+    from .results import repository_root
+
+    return (repository_root() or Path.cwd()) / "notebooks"
+
+
+def run(args: argparse.Namespace) -> int:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from . import profiles
+
+    if args.profile is not None and args.profile not in profiles.VALID_NAMES:
+        print(f"error: unknown profile {args.profile!r}; valid: {', '.join(profiles.VALID_NAMES)}", file=sys.stderr)
+        return 2
+    nb_dir = _notebooks_dir()
+    if args.notebooks:
+        paths = []
+        for n in args.notebooks:
+            p = Path(n) if Path(n).suffix == ".ipynb" else nb_dir / f"{n}.ipynb"
+            if not p.is_file():
+                candidates = sorted(nb_dir.glob(f"{n}*.ipynb"))
+                if len(candidates) != 1:
+                    print(f"error: no notebook {n!r} (looked for {p} and {nb_dir}/{n}*.ipynb)", file=sys.stderr)
+                    return 2
+                p = candidates[0]
+            paths.append(p)
+    else:
+        paths = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print(f"error: no notebooks found in {nb_dir}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else None
+    params = {"profile": args.profile} if args.profile else {}
+    for i, path in enumerate(paths, 1):
+        dest = (out_dir or path.parent) / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.", suffix=".ipynb")
+        os.close(fd)
+        try:
+            papermill.execute_notebook(
+                str(path), tmp, parameters=params, kernel_name="python3", cwd=str(path.parent),
+                progress_bar=False, log_output=False,
+                # the kernel's own start-up notices (transport warnings) are not the notebook's output
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+        except PapermillExecutionError as exc:
+            print("FAILED")
+            print(
+                f"error: {path.name} failed in cell {exc.exec_count} (index {exc.cell_index}): "
+                f"{exc.ename}: {exc.evalue}\nthe executed notebook is kept at {tmp}",
+                file=sys.stderr,
+            )
+            return 1
+        staged = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(tmp, staged)
+        os.replace(staged, dest)
+        os.unlink(tmp)
+        print(f"done in {time.perf_counter() - start:.0f} s -> {dest}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitsurvey", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="versions, device, data sets found, the profile 'auto' picks").set_defaults(func=doctor)
+    p = sub.add_parser("profile", help="params, MACs, throughput, latency, memory and size of a timm model")
+    p.add_argument("model", help="a timm model name, e.g. vit_tiny_patch16_224")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="one batch size instead of the profile's sweep")
+    p.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default)")
+    p.add_argument("--json", action="store_true", help="print one JSON record")
+    p.set_defaults(func=profile_model)
+    r = sub.add_parser("run", help="execute notebooks headlessly with papermill")
+    r.add_argument("notebooks", nargs="*", help="names or paths (default: every numbered notebook)")
+    r.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto; default: the notebooks' own choice")
+    r.add_argument("--out", default=None, help="directory for executed notebooks (default: in place)")
+    r.set_defaults(func=run)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # bad input that got past argparse: a clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Data sets, found offline where possible and downloaded only where allowed.
+
+Fashion-MNIST is the default: 70k greyscale 28 x 28 images in 10 classes, small enough to train a
+ViT on a laptop CPU, and shipped by Debian (package ``dataset-fashion-mnist``) so that it works with
+no network. CIFAR-10, CIFAR-100 and any ImageFolder tree load where the user has them. A synthetic,
+learnable set serves unit tests.
+
+Where data is looked for, in order: the ``root`` argument; else ``$VITSURVEY_DATA`` and the known
+locations (``~/.cache/vitsurvey``, Debian's ``/usr/share/datasets``). Downloads go to ``root`` (or
+``$VITSURVEY_DATA``, or the cache) and happen only when ``download`` allows it: ``None`` means "yes,
+unless ``$VITSURVEY_OFFLINE`` is set", which tests and the smoke profile set.
+
+The MNIST-style and CIFAR files are read by this module itself (a few lines each), so the readers can
+be tested on small files the tests write; torchvision is used only to download.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from . import _compat
+from .profiles import Profile
+
+ENV_ROOT = "VITSURVEY_DATA"
+ENV_OFFLINE = "VITSURVEY_OFFLINE"
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    img_size: int | None
+    """Native side length in pixels (``None``: varies, as in an ImageFolder tree)."""
+    num_classes: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    """Per-channel statistics of the training split, used to standardise inputs."""
+    how_to_get: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,),
+        "on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (works offline); elsewhere "
+        "run once with a network and download allowed (download=True, VITSURVEY_OFFLINE unset)",
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "run once with a network and download allowed, or unpack cifar-10-python.tar.gz into the root",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "run once with a network and download allowed, or unpack cifar-100-python.tar.gz into the root",
+    ),
+    "imagefolder": DatasetInfo(
+        "imagefolder", 3, None, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+        "pass root=DIR where DIR/train/<class>/*.png and DIR/val/<class>/*.png exist",
+    ),
+    "synthetic": DatasetInfo("synthetic", 1, 28, 10, (0.0,), (1.0,), "always available"),
+}
+SPLITS = ("train", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set was not found where we looked, and could not (or may not) be downloaded."""
+
+
+def _check_name(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"Unknown data set {name!r}.{hint} Known: {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def default_root() -> Path:
+    """Where downloads go when no root is given: ``$VITSURVEY_DATA``, else the user's cache."""
+    if os.environ.get(ENV_ROOT):
+        return Path(os.environ[ENV_ROOT]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vitsurvey"
+
+
+def search_roots(root: str | Path | None = None) -> list[Path]:
+    """The directories searched, in order: only ``root`` when given, else the env and known places."""
+    if root is not None:
+        return [Path(root).expanduser()]
+    roots = [default_root(), DEBIAN_DATASETS]
+    return list(dict.fromkeys(roots))
+
+
+def offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+# --------------------------------------------------------------------------- file readers
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format: magic, big-endian sizes, raw bytes), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes.")
+    return data.reshape(shape)
+
+
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Directory layouts in which the four files are found: torchvision's download and Debian's package.
+_FMNIST_DIRS = ("FashionMNIST/raw", "fashion-mnist")
+
+
+def _find_fashion_mnist(roots: list[Path], split: str) -> tuple[Path, Path] | None:
+    for root in roots:
+        for sub in _FMNIST_DIRS:
+            found = []
+            for stem in _FMNIST_FILES[split]:
+                for fname in (stem, stem + ".gz"):
+                    if (root / sub / fname).is_file():
+                        found.append(root / sub / fname)
+                        break
+            if len(found) == 2:
+                return found[0], found[1]
+    return None
+
+
+def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """CIFAR's python pickles: dicts with b'data' (N x 3072 uint8, channel-major) and labels."""
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key = b"labels"
+    else:
+        folder = root / "cifar-100-python"
+        files = ["train" if split == "train" else "test"]
+        key = b"fine_labels"
+    if not all((folder / f).is_file() for f in files):
+        return None
+    images, labels = [], []
+    for f in files:
+        with open(folder / f, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _download(name: str, root: Path) -> None:
+    _compat.ensure_torchvision_importable()
+    import torchvision.datasets as tvd
+
+    cls = {"fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
+
+
+def _read(name: str, split: str, roots: list[Path]) -> tuple[np.ndarray, np.ndarray] | None:
+    if name == "fashion_mnist":
+        files = _find_fashion_mnist(roots, split)
+        if files is None:
+            return None
+        images, labels = (read_idx(f) for f in files)
+        return images[:, None], labels.astype(np.int64)  # add the channel axis
+    for root in roots:
+        arrays = _read_cifar(root, name, split)
+        if arrays is not None:
+            return arrays
+    return None
+
+
+# --------------------------------------------------------------------------- public API
+def standardise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 with the data set's per-channel mean 0 and std 1."""
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def synthetic(
+    n: int, split: str = "train", num_classes: int = 10, img_size: int = 28, channels: int = 1
+) -> TensorDataset:
+    """A learnable toy set: each class is a fixed random pattern, each sample that pattern plus noise.
+
+    The class patterns are the same for every split; the noise differs by split. Deterministic.
+    """
+    g = torch.Generator().manual_seed(1234)
+    templates = torch.randn(num_classes, channels, img_size, img_size, generator=g)
+    g.manual_seed(0 if split == "train" else 1)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.randn(n, channels, img_size, img_size, generator=g)
+    return TensorDataset(templates[labels] + noise, labels)
+
+
+def load(
+    name: str = "fashion_mnist",
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool | None = None,
+    img_size: int | None = None,
+) -> Dataset:
+    """Load a data set split as standardised float tensors (an ImageFolder tree as a lazy dataset).
+
+    ``img_size`` resizes (bilinear) when it differs from the native size. A data set that is not
+    found, and may not be downloaded, raises :class:`DatasetNotFoundError` saying where we looked
+    and how to get it.
+    """
+    info = _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if name == "synthetic":
+        ds = synthetic(2048 if split == "train" else 512, split, img_size=img_size or 28)
+        return ds
+    if name == "imagefolder":
+        return _imagefolder(root, split, img_size or 224, info)
+
+    roots = search_roots(root)
+    arrays = _read(name, split, roots)
+    if arrays is None:
+        allowed = (not offline()) if download is None else download
+        target = Path(root).expanduser() if root is not None else default_root()
+        cause = "downloading is off (download=False or $VITSURVEY_OFFLINE is set)"
+        if allowed:
+            try:
+                _download(name, target)
+                arrays = _read(name, split, [target])
+            except Exception as exc:  # network errors come in many types
+                cause = f"the download to {target} failed: {type(exc).__name__}: {exc}"
+        if arrays is None:
+            looked = ", ".join(str(r) for r in roots)
+            raise DatasetNotFoundError(
+                f"Data set {name!r} ({split}) was not found; looked in: {looked}; {cause}. "
+                f"To get it: {info.how_to_get}; or point ${ENV_ROOT} (or root=) at a directory "
+                "that holds it."
+            )
+    images = standardise(torch.from_numpy(arrays[0].copy()), info)
+    if img_size is not None and img_size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(
+            images, size=(img_size, img_size), mode="bilinear", align_corners=False
+        )
+    return TensorDataset(images, torch.from_numpy(arrays[1]))
+
+
+def _imagefolder(root: str | Path | None, split: str, img_size: int, info: DatasetInfo) -> Dataset:
+    if root is None and os.environ.get(ENV_ROOT):
+        root = os.environ[ENV_ROOT]
+    if root is None:
+        raise DatasetNotFoundError(f"An ImageFolder data set needs a location: {info.how_to_get}.")
+    candidates = [Path(root) / s for s in ((split,) if split == "train" else ("test", "val"))]
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        looked = ", ".join(str(c) for c in candidates)
+        raise DatasetNotFoundError(f"No ImageFolder split {split!r}: looked in {looked}. {info.how_to_get}.")
+    _compat.ensure_torchvision_importable()
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.Resize(img_size),
+        transforms.CenterCrop(img_size),
+        transforms.ToTensor(),
+        transforms.Normalize(info.mean, info.std),
+    ])
+    return datasets.ImageFolder(str(folder), transform=tf)
+
+
+def subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``n`` items (the whole set when ``n`` is None or too large)."""
+    size = len(ds)  # type: ignore[arg-type]
+    if n is None or n >= size:
+        return ds
+    if n <= 0:
+        raise ValueError(f"A subset needs at least one item, not {n}.")
+    idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[idx] for t in ds.tensors))
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def loaders(
+    profile: Profile, root: str | Path | None = None, download: bool | None = None
+) -> tuple[DataLoader, DataLoader]:
+    """Train and test loaders of the profile's data set, sized and seeded by the profile."""
+    train = subset(load(profile.dataset, "train", root, download), profile.train_samples, profile.seed)
+    test = subset(load(profile.dataset, "test", root, download), profile.test_samples, profile.seed)
+    g = torch.Generator().manual_seed(profile.seed)
+    return (
+        DataLoader(train, batch_size=profile.batch_size, shuffle=True, generator=g, drop_last=True),
+        DataLoader(test, batch_size=max(256, profile.batch_size)),
+    )
+
+
+def find_all() -> dict[str, str]:
+    """Where each file-backed data set was found (or 'not found'), without downloading anything."""
+    report = {}
+    for name in ("fashion_mnist", "cifar10", "cifar100"):
+        roots = search_roots()
+        hit = _find_fashion_mnist(roots, "train") if name == "fashion_mnist" else None
+        if name == "fashion_mnist":
+            report[name] = str(hit[0].parent) if hit else "not found"
+        else:
+            sub = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+            where = [r / sub for r in roots if (r / sub).is_dir()]
+            report[name] = str(where[0]) if where else "not found"
+    return report

@@ -1,0 +1,480 @@
+"""One routine per efficiency quantity, shared by every notebook and the command line.
+
+Units are part of the names: ``macs`` are multiply-accumulates (fvcore's "flops" are MACs: one
+multiply-add counts once), ``flops`` elsewhere in the project mean 2 x MACs unless a table says
+otherwise; memory is in bytes; throughput in images per second; latency in milliseconds.
+
+Traps this module closes (see notebook 02 for each one shown on real numbers):
+
+* fvcore has no counter for ``aten::scaled_dot_product_attention`` and silently drops attention
+  when a model uses the fused kernel; :func:`count_macs` registers one.
+* Timing without warm-up measures allocation and kernel selection; timing a GPU without
+  synchronising measures only the kernel launches. :func:`throughput` does both right.
+* A CPU has no allocator statistics like CUDA's; :func:`peak_memory` tracks the bytes of live tensor
+  storage through torch's dispatcher instead, and says which method it used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .models import ViTConfig
+
+# --------------------------------------------------------------------------- parameters and size
+
+
+def count_params(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of parameters; S3 counts trainable ones, which is the default."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_size_bytes(model: nn.Module, bits: int = 32) -> int:
+    """Bytes to store every parameter at ``bits`` bits each (rounded up to whole bytes)."""
+    if bits <= 0:
+        raise ValueError(f"bits must be a positive integer, not {bits}.")
+    return math.ceil(count_params(model, trainable_only=False) * bits / 8)
+
+
+# --------------------------------------------------------------------------- MACs (fvcore)
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """fvcore's count of multiply-accumulates, in total and per operator type."""
+
+    total: int
+    by_operator: dict[str, int]
+    skipped_operators: dict[str, int]
+    """Operators fvcore saw but does not count (element-wise ops, softmax, GELU...), with call counts."""
+
+
+def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of softmax(Q K^T) V for Q (..., L, E), K (..., S, E), V (..., S, Ev): L*S*E + L*S*Ev."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = math.prod(q[:-2])
+    length, e = q[-2], q[-1]
+    s, ev = k[-2], v[-1]
+    return batch * length * s * (e + ev)
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> MacCount:
+    """Count MACs with fvcore, attention included (fused or not), with fvcore's warnings silenced."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # fvcore's import uses the deprecated torch.jit.script; tracing warns about constants
+            warnings.simplefilter("ignore")
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = (
+                FlopCountAnalysis(model, args)
+                .set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+                .unsupported_ops_warnings(False)
+                .uncalled_modules_warnings(False)
+                .tracer_warnings("none")
+            )
+            total = int(analysis.total())
+            by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+            skipped = dict(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
+    return MacCount(total, by_op, skipped)
+
+
+# --------------------------------------------------------------------------- analytic ViT counts
+
+
+def vit_params(cfg: ViTConfig) -> dict[str, int]:
+    """Parameters of a plain ViT per component (the formulas of notebook 01)."""
+    D, M, P = cfg.embed_dim, cfg.mlp_hidden, cfg.patch_size
+    per_block = {
+        "layer_norms": 2 * 2 * D,
+        "qkv": 3 * D * D + 3 * D,
+        "attn_proj": D * D + D,
+        "mlp": D * M + M + M * D + D,
+    }
+    out = {
+        "patch_embed": cfg.in_chans * P * P * D + D,
+        "cls_and_pos": D + cfg.num_tokens * D,
+        **{k: v * cfg.depth for k, v in per_block.items()},
+        "final_norm": 2 * D,
+        "head": D * cfg.num_classes + cfg.num_classes,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def vit_macs(cfg: ViTConfig, tokens: int | None = None) -> dict[str, int]:
+    """MACs of one image through a plain ViT, per component, with N tokens (default 1 + patches).
+
+    Conventions follow fvcore so the two can be compared term by term: a matrix product counts its
+    multiply-adds; LayerNorm counts 5 per element; biases, residual adds, softmax and GELU count 0.
+    """
+    N = cfg.num_tokens if tokens is None else tokens
+    D, M, L = cfg.embed_dim, cfg.mlp_hidden, cfg.depth
+    out = {
+        "patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D,
+        "qkv": L * N * D * 3 * D,
+        "attn_scores": L * N * N * D,  # Q K^T over all heads: h * N^2 * (D / h)
+        "attn_values": L * N * N * D,  # A V
+        "attn_proj": L * N * D * D,
+        "mlp": L * 2 * N * D * M,
+        "layer_norm": (2 * L + 1) * 5 * N * D,
+        "head": D * cfg.num_classes,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Throughput:
+    """Result of a batch-size sweep: the best rate and every batch tried."""
+
+    img_per_s: float | None
+    """Best images per second over the batches that fitted (None if none fitted)."""
+    batch_size: int | None
+    """The batch size that gave the best rate."""
+    per_batch: dict[int, float] = field(default_factory=dict)
+    max_batch_fitted: int | None = None
+    oom_at: int | None = None
+    """First batch size that ran out of memory, if any."""
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def throughput(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    warmup: int = 2,
+    iters: int = 5,
+) -> Throughput:
+    """Images per second in inference, best over ``batch_sizes`` (S3's protocol, timm's contract).
+
+    For each batch size, in increasing order: ``warmup`` untimed passes, then ``iters`` timed passes
+    between device synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at
+    the first batch size that runs out of memory; that size is recorded in ``oom_at``.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    result = Throughput(None, None, device=str(device), dtype=str(dtype or torch.float32).split(".")[-1])
+    for b in sorted(batch_sizes):
+        try:
+            x = torch.randn(b, *input_shape, device=device)
+            with torch.inference_mode(), _autocast(device, dtype):
+                for _ in range(warmup):
+                    model(x)
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(iters):
+                    model(x)
+                _sync(device)
+                elapsed = time.perf_counter() - start
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            result.oom_at = b
+            _free(device)
+            break
+        rate = b * iters / elapsed
+        result.per_batch[b] = rate
+        result.max_batch_fitted = b
+        if result.img_per_s is None or rate > result.img_per_s:
+            result.img_per_s, result.batch_size = rate, b
+    return result
+
+
+def latency_ms(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    iters: int = 20,
+) -> float:
+    """Median milliseconds of one batch-1 inference pass, each pass timed between synchronisations."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(1, *input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(iters):
+            _sync(device)
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storage created inside it that are still alive, and their peak.
+
+    Every operator's outputs pass through ``__torch_dispatch__``; each new storage is remembered by a
+    weak reference and dropped from the count once torch frees it. Views and in-place results share a
+    storage and are not counted twice. Scratch memory that a kernel allocates internally and never
+    returns is invisible here (CUDA's allocator sees it), so CPU peaks are lower bounds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._weakref = StorageWeakRef
+        self._live: dict[int, tuple[Any, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _sweep(self) -> None:
+        for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
+            self.current -= self._live.pop(key)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self._live and storage.nbytes() > 0:
+                    self._live[key] = (self._weakref(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def tensor_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
+    """Bytes held by distinct storages among ``tensors`` (shared storages counted once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        s = t.untyped_storage()
+        seen[s._cdata] = s.nbytes()
+    return sum(seen.values())
+
+
+@dataclass
+class Memory:
+    """Peak memory of one pass: everything allocated at the peak, and the weights alone."""
+
+    peak_bytes: int | None
+    weights_bytes: int
+    batch_size: int
+    method: str
+    """``cuda allocator`` (max_memory_allocated after a reset) or ``cpu tensor tracking``."""
+    oom: bool = False
+
+
+def peak_memory(
+    fn: Callable[[], object], device: str | torch.device, resident: list[torch.Tensor]
+) -> tuple[int, str]:
+    """Peak bytes while ``fn`` runs, counting the ``resident`` tensors (weights, inputs) as held.
+
+    CUDA: the caching allocator's ``max_memory_allocated`` after a reset (S3's method). CPU: the
+    resident bytes plus the peak of live tensor storage created inside ``fn``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device), "cuda allocator"
+    tracker = _LiveTensorBytes()
+    with tracker:
+        fn()
+    return tensor_bytes(resident) + tracker.peak, "cpu tensor tracking"
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def inference_memory(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> Memory:
+    """Peak memory of one inference pass at ``batch_size`` (weights, input and activations)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    weights = tensor_bytes(_weights(model))
+    try:
+        x = torch.randn(batch_size, *input_shape, device=device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        peak, method = peak_memory(run, device, [*_weights(model), x])
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            raise
+        _free(device)
+        return Memory(None, weights, batch_size, "cuda allocator", oom=True)
+    return Memory(peak, weights, batch_size, method)
+
+
+def training_memory(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+) -> Memory:
+    """Peak memory of one full training step (forward, backward, AdamW update) from a clean state.
+
+    Gradients and optimizer state are created inside the step, so the peak includes them, as it does
+    for S3's measurement. ``amp`` runs the forward in bf16 autocast. The model is left as it was: the
+    update uses a learning rate of 0 and buffers (BatchNorm statistics) are restored afterwards.
+    """
+    device = torch.device(device)
+    model = model.to(device)
+    num_classes = _output_classes(model, input_shape, device)
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    weights = tensor_bytes(_weights(model))
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        x = torch.randn(batch_size, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (batch_size,), device=device)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+
+        def step() -> None:
+            with _autocast(device, torch.bfloat16 if amp else None):
+                loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        peak, method = peak_memory(step, device, [*_weights(model), x, y])
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            raise
+        _free(device)
+        return Memory(None, weights, batch_size, "cuda allocator", oom=True)
+    finally:
+        for p in model.parameters():
+            p.grad = None
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), saved_buffers):
+                b.copy_(saved)
+        model.eval()
+    return Memory(peak, weights, batch_size, method)
+
+
+def _output_classes(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device) -> int:
+    with torch.inference_mode():
+        return int(model.eval()(torch.zeros(1, *input_shape, device=device)).shape[-1])
+
+
+# --------------------------------------------------------------------------- everything at once
+
+
+@dataclass
+class Benchmark:
+    """Every quantity of one model under one profile: a results row (see vitsurvey.results)."""
+
+    method: str
+    setting: str
+    params: int
+    macs: int
+    analytic_macs: int | None
+    """From :func:`vit_macs` for plain ViTs, else None."""
+    throughput_img_s: float | None
+    batch_size: int | None
+    max_batch_fitted: int | None
+    latency_ms: float
+    infer_mem_bytes: int | None
+    train_mem_bytes: int | None
+    mem_batch_size: int
+    weights_bytes: int
+    size_bytes_fp32: int
+    memory_method: str
+
+
+def benchmark(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    profile: Any,
+    name: str = "model",
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> Benchmark:
+    """Params, MACs, throughput (batch sweep), latency, inference and training memory, model size.
+
+    The sweep uses the profile's batch sizes, or only ``batch_size`` when given; memory is measured
+    at ``batch_size`` or else at the largest batch of the profile's sweep that is at most 32.
+    """
+    device = torch.device(device or profile.device)
+    model = model.to(device).eval()
+    x = torch.zeros(1, *input_shape, device=device)
+    cfg = ViTConfig.of(model)
+    macs = count_macs(model, x).total
+    sweep = (batch_size,) if batch_size else profile.bench_batch_sizes
+    speed = throughput(model, input_shape, sweep, device, warmup=profile.bench_warmup, iters=profile.bench_iters)
+    mem_batch = batch_size or max(b for b in profile.bench_batch_sizes if b <= 32)
+    infer = inference_memory(model, input_shape, mem_batch, device)
+    train = training_memory(model, input_shape, mem_batch, device, amp=device.type == "cuda")
+    return Benchmark(
+        method=name,
+        setting=f"{input_shape[-1]}px",
+        params=count_params(model),
+        macs=macs,
+        analytic_macs=vit_macs(cfg)["total"] if cfg is not None else None,
+        throughput_img_s=speed.img_per_s,
+        batch_size=speed.batch_size,
+        max_batch_fitted=speed.max_batch_fitted,
+        latency_ms=latency_ms(model, input_shape, device, warmup=profile.bench_warmup, iters=profile.latency_iters),
+        infer_mem_bytes=infer.peak_bytes,
+        train_mem_bytes=train.peak_bytes,
+        mem_batch_size=mem_batch,
+        weights_bytes=infer.weights_bytes,
+        size_bytes_fp32=model_size_bytes(model, 32),
+        memory_method=infer.method,
+    )

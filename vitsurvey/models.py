@@ -1,0 +1,280 @@
+"""A Vision Transformer written from first principles, and timm models built for honest counting.
+
+:class:`VisionTransformer` follows Dosovitskiy et al. (2021) as timm implements it, module for
+module and name for name, so that a timm ``VisionTransformer`` state dict loads into it unchanged and
+gives the same logits. Being our own code, it can expose what later notebooks need and timm keeps
+private: the attention probabilities of every block, and a *token step* called between blocks that
+may drop, merge or reorder tokens (token pruning, EViT, Patch Slimming, ToMe).
+
+:func:`create` builds any timm model by name, with a clear error (and close names) for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _compat
+
+_compat.ensure_torchvision_importable()
+import timm  # noqa: E402  (must follow the torchvision fix)
+
+TokenStep = Callable[[int, Tensor, Tensor], Tensor]
+"""``step(block_index, tokens, attn) -> tokens``: called after each block with that block's output
+tokens ``(B, N, D)`` and its attention probabilities ``(B, heads, N, N)``. The class token is at
+index 0 and must stay there."""
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Shape of a plain ViT (class-token pooling, pre-norm blocks, learned position embeddings)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}; "
+                "choose sizes so that the image splits into whole patches."
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}."
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Patches plus the class token."""
+        return self.num_patches + 1
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ViTConfig | None:
+        """The config of a plain ViT (ours or timm's: class token, no register or distillation
+        tokens, standard blocks), or None for any other architecture."""
+        if isinstance(model, VisionTransformer):
+            return model.cfg
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        if not isinstance(model, TimmViT) or getattr(model, "num_prefix_tokens", 1) != 1:
+            return None
+        if model.global_pool != "token" or getattr(model, "no_embed_class", False):
+            return None
+        proj = model.patch_embed.proj
+        if not isinstance(proj, nn.Conv2d) or not hasattr(model.blocks[0], "mlp"):
+            return None
+        fc1 = model.blocks[0].mlp.fc1
+        return cls(
+            img_size=model.patch_embed.img_size[0],
+            patch_size=proj.kernel_size[0],
+            in_chans=proj.in_channels,
+            num_classes=model.num_classes,
+            embed_dim=model.embed_dim,
+            depth=len(model.blocks),
+            num_heads=model.blocks[0].attn.num_heads,
+            mlp_ratio=fc1.out_features / fc1.in_features,
+        )
+
+    def timm_kwargs(self) -> dict[str, object]:
+        """Keyword arguments that make timm's ``VisionTransformer`` the same network."""
+        return asdict(self)
+
+
+# The three reference sizes of ViT / DeiT at 224 px (timm names).
+PRESETS: dict[str, ViTConfig] = {
+    "vit_tiny_patch16_224": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into p x p patches and project each linearly: a strided convolution does both."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, softmax(Q K^T / sqrt(d)) V, with one fused QKV projection."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if need_weights:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            out = attn @ v
+        else:  # the fused kernel never materialises the N x N matrix
+            attn = None
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D)), attn
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_hidden)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), need_weights)
+        x = x + y
+        x = x + self.mlp(self.norm2(x))
+        return x, attn
+
+
+class VisionTransformer(nn.Module):
+    """ViT with class-token pooling; parameter names match timm's ``VisionTransformer``."""
+
+    def __init__(self, cfg: ViTConfig | None = None, **overrides: object) -> None:
+        super().__init__()
+        cfg = cfg or ViTConfig()
+        if overrides:
+            cfg = ViTConfig(**{**asdict(cfg), **overrides})  # type: ignore[arg-type]
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.num_heads, cfg.mlp_hidden) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.head = nn.Linear(D, cfg.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal weights (std 0.02) and zero biases, as ViT and DeiT train from scratch."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.uniform_(w, -1 / math.sqrt(w[0].numel()), 1 / math.sqrt(w[0].numel()))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Image (B, C, H, W) -> tokens (B, 1 + patches, D), class token first."""
+        x = self.patch_embed(x)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed
+
+    def forward_features(self, x: Tensor, token_step: TokenStep | None = None) -> Tensor:
+        """Tokens after the final norm. With ``token_step``, attention is computed explicitly and the
+        step may change the token set after each block."""
+        x = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, need_weights=token_step is not None)
+            if token_step is not None:
+                assert attn is not None
+                x = token_step(i, x, attn)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.head(x[:, 0])
+
+    def forward(self, x: Tensor, token_step: TokenStep | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(x, token_step))
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor) -> list[Tensor]:
+        """Attention probabilities of every block, each (B, heads, N, N)."""
+        maps: list[Tensor] = []
+
+        def record(i: int, tokens: Tensor, attn: Tensor) -> Tensor:
+            maps.append(attn)
+            return tokens
+
+        self.forward_features(x, token_step=record)
+        return maps
+
+    def token_counts(self, x: Tensor, token_step: TokenStep) -> list[int]:
+        """Tokens entering each block when ``token_step`` runs between blocks (first is 1 + patches)."""
+        counts = [self.cfg.num_tokens]
+
+        def count(i: int, tokens: Tensor, attn: Tensor) -> Tensor:
+            out = token_step(i, tokens, attn)
+            counts.append(out.shape[1])
+            return out
+
+        with torch.no_grad():
+            self.forward_features(x, token_step=count)
+        return counts[: self.cfg.depth]
+
+
+def timm_vit(cfg: ViTConfig, **kw: object) -> nn.Module:
+    """timm's own ``VisionTransformer`` with the same shape as ``cfg`` (the independent reference)."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return TimmViT(**cfg.timm_kwargs(), **kw)  # type: ignore[arg-type]
+
+
+def create(name: str, pretrained: bool = False, **kwargs: object) -> nn.Module:
+    """Build the timm model ``name`` in eval mode.
+
+    FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
+    :func:`vitsurvey.measure.count_macs` registers a counter for it, so the fused (fast) path stays on
+    and is still counted. ``pretrained=True`` downloads weights and so needs a network.
+    """
+    if not timm.is_model(name.split(".")[0]):  # "arch.pretrained_tag" names are allowed
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}: timm has no such architecture.{hint} "
+            "List the names with timm.list_models('*pattern*')."
+        )
+    return timm.create_model(name, pretrained=pretrained, **kwargs).eval()

@@ -1,0 +1,157 @@
+"""Run profiles: every size a notebook uses (samples, epochs, models, batches) in one place.
+
+A notebook never hard-codes a size; it asks its profile. Three profiles exist:
+
+* ``smoke`` -- CI and nbval: every cell runs, on tiny subsets, in about a minute on 2 CPU cores;
+* ``cpu``   -- a laptop without a GPU: a real but small comparison, about 10 minutes a notebook;
+* ``gpu``   -- one data-centre GPU: the comparison the notebooks' text discusses.
+
+``auto`` (the default) picks one: the notebook's ``parameters`` cell first, then the environment
+variable ``VITSURVEY_PROFILE``, then the hardware (``gpu`` when CUDA is available, else ``cpu``).
+``smoke`` is never picked by the hardware: it must be asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+ENV_VAR = "VITSURVEY_PROFILE"
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The small ViT that notebook 01 trains and later notebooks compress."""
+
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    num_classes: int = 10
+    embed_dim: int = 96
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes of one run profile. Fields are documented where a notebook's reader needs them."""
+
+    name: str
+    device: str
+    # data
+    dataset: str = "fashion_mnist"
+    train_samples: int | None = None
+    """Training images used (a seeded subset); ``None`` means the whole training split."""
+    test_samples: int | None = None
+    """Test images used for accuracy (a seeded subset); ``None`` means the whole test split."""
+    # training the baseline
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    augment: bool = True
+    amp: bool = False
+    """bf16 autocast while training (GPU only)."""
+    # benchmarking
+    bench_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    """Batch sizes tried by the throughput sweep (it stops early when memory runs out)."""
+    bench_warmup: int = 2
+    bench_iters: int = 5
+    latency_iters: int = 10
+    # scaling study in notebook 01: ViT-Ti at these image sizes
+    resolutions: tuple[int, ...] = (224,)
+    timing_batch: int = 4
+    seed: int = 0
+
+    def replace(self, **changes: object) -> Profile:
+        """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        device="cpu",
+        train_samples=512,
+        test_samples=256,
+        baseline=BaselineConfig(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
+        epochs=1,
+        batch_size=64,
+        warmup_epochs=0.2,
+        bench_batch_sizes=(1, 4),
+        bench_warmup=1,
+        bench_iters=2,
+        latency_iters=3,
+        resolutions=(32, 64),
+        timing_batch=2,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        device="cpu",
+        train_samples=None,
+        test_samples=None,
+        baseline=BaselineConfig(embed_dim=96, depth=6, num_heads=3, patch_size=7),
+        epochs=6,
+        batch_size=128,
+        lr=2e-3,
+        augment=False,  # at 6 epochs augmentation costs more accuracy than it gains
+        warmup_epochs=0.3,
+        bench_batch_sizes=(1, 8, 32, 64),
+        bench_warmup=2,
+        bench_iters=5,
+        latency_iters=20,
+        resolutions=(64, 96, 128, 160, 224, 288),
+        timing_batch=4,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        device="cuda",
+        train_samples=None,
+        test_samples=None,
+        baseline=BaselineConfig(embed_dim=192, depth=9, num_heads=3, patch_size=2),
+        epochs=30,
+        batch_size=256,
+        lr=1e-3,
+        warmup_epochs=2.0,
+        amp=True,
+        bench_batch_sizes=(1, 8, 32, 64, 128, 256, 512, 1024, 2048),
+        bench_warmup=10,
+        bench_iters=50,
+        latency_iters=100,
+        resolutions=(64, 128, 224, 320, 384, 448, 512, 640),
+        timing_batch=64,
+    ),
+}
+VALID_NAMES: tuple[str, ...] = (*PROFILES, "auto")
+
+
+def get_profile(name: str | None = "auto") -> Profile:
+    """Resolve a profile name: the argument, then ``$VITSURVEY_PROFILE``, then the hardware.
+
+    ``None`` and ``"auto"`` both mean "not chosen here". An unknown name, from either the argument
+    or the environment, raises ``ValueError`` naming the valid ones.
+    """
+    chosen, source = name, "argument"
+    if chosen is None or chosen == "auto":
+        chosen, source = os.environ.get(ENV_VAR) or "auto", f"${ENV_VAR}"
+    chosen = chosen.strip().lower()
+    if chosen == "auto":
+        chosen = "gpu" if torch.cuda.is_available() else "cpu"
+    if chosen not in PROFILES:
+        raise ValueError(
+            f"Unknown run profile {chosen!r} (from the {source}). "
+            f"Valid profiles: {', '.join(VALID_NAMES)}."
+        )
+    profile = PROFILES[chosen]
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "The 'gpu' profile needs a CUDA GPU, and torch sees none here. "
+            "Use profile 'cpu' (or 'auto', which picks it on this machine)."
+        )
+    return profile
