@@ -1,0 +1,70 @@
+import json
+
+import nbformat
+import pytest
+
+from vitsurvey.__main__ import main
+
+
+def test_doctor(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for text in ("torch", "timm", "fashion_mnist", "'auto' picks: smoke"):
+        assert text in out
+
+
+def test_profile_json(capsys):
+    assert main(["profile", "vit_tiny_patch16_224", "--profile", "smoke", "--batch-size", "2", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["params"] == 5_717_416
+    assert record["macs"] == record["analytic_macs"] == 1_258_411_200
+    assert record["batch_size"] == 2 and record["throughput_img_s"] > 0
+
+
+def test_profile_img_size(capsys):
+    assert main(["profile", "vit_tiny_patch16_224", "--img-size", "32", "--profile", "smoke", "--batch-size", "1"]) == 0
+    assert "at 32 px" in capsys.readouterr().out
+
+
+def test_profile_unknown_model(capsys):
+    assert main(["profile", "vit_tiny_patch16_2", "--profile", "smoke"]) == 2
+    assert "Did you mean: vit_tiny_patch16_224" in capsys.readouterr().err
+
+
+def test_profile_unknown_profile(capsys):
+    assert main(["profile", "vit_tiny_patch16_224", "--profile", "huge"]) == 2
+    assert "Valid profiles" in capsys.readouterr().err
+
+
+def _notebook(path, sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, path)
+
+
+def test_run_executes_and_passes_the_profile(tmp_path, capsys):
+    src = tmp_path / "01_ok.ipynb"
+    _notebook(src, ['profile = "auto"', "print('profile is', profile)"])
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--profile", "cpu", "--out", str(out)]) == 0
+    assert "[1/1] 01_ok ... done" in capsys.readouterr().out
+    executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
+    assert "profile is cpu" in executed.cells[-1].outputs[0]["text"]
+
+
+def test_run_failure_names_notebook_and_cell(tmp_path, capsys):
+    src = tmp_path / "02_bad.ipynb"
+    _notebook(src, ['profile = "auto"', "x = 1", "raise ValueError('boom')"])
+    original = src.read_bytes()
+    assert main(["run", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert "02_bad.ipynb failed in cell" in err and "ValueError: boom" in err
+    assert src.read_bytes() == original, "a failed run must not overwrite the notebook"
+
+
+@pytest.mark.parametrize("args", [["run", "--profile", "fast"], ["run", "99_missing"]])
+def test_run_bad_input(args, capsys):
+    assert main(args) == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+import pytest
+import torch
+from torch import nn
+
+from vitsurvey import measure, models
+from vitsurvey.models import PRESETS, ViTConfig
+from vitsurvey.profiles import PROFILES
+
+
+def test_vit_tiny_macs_count_fused_attention():
+    model = models.create("vit_tiny_patch16_224")
+    count = measure.count_macs(model, torch.zeros(1, 3, 224, 224))
+    assert count.total == 1_258_411_200
+    assert count.by_operator["scaled_dot_product_attention"] == 178_831_872
+
+
+def test_fused_and_explicit_attention_count_the_same():
+    fused = models.create("vit_tiny_patch16_224")
+    explicit = models.create("vit_tiny_patch16_224")
+    for block in explicit.blocks:
+        block.attn.fused_attn = False
+    x = torch.zeros(1, 3, 224, 224)
+    assert measure.count_macs(fused, x).total == measure.count_macs(explicit, x).total
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("img", [224, 384])
+def test_analytic_formula_agrees_with_fvcore(name, img):
+    cfg = ViTConfig(**{**PRESETS[name].__dict__, "img_size": img})
+    counted = measure.count_macs(models.timm_vit(cfg), torch.zeros(1, 3, img, img)).total
+    analytic = measure.vit_macs(cfg)["total"]
+    assert abs(analytic - counted) / counted < 0.005
+
+
+def test_analytic_attention_is_quadratic_in_tokens():
+    cfg = PRESETS["vit_tiny_patch16_224"]
+    a, b = measure.vit_macs(cfg, tokens=100), measure.vit_macs(cfg, tokens=200)
+    assert b["attn_scores"] == 4 * a["attn_scores"]
+    assert b["qkv"] == 2 * a["qkv"]
+
+
+def test_model_size():
+    m = nn.Linear(10, 10)  # 110 parameters
+    assert measure.model_size_bytes(m, 32) == 440
+    assert measure.model_size_bytes(m, 8) == 110
+    assert measure.model_size_bytes(m, 4) == 55
+    with pytest.raises(ValueError, match="positive"):
+        measure.model_size_bytes(m, 0)
+
+
+def test_params_trainable_only():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    m[0].weight.requires_grad_(False)
+    assert measure.count_params(m) == 4 + 10
+    assert measure.count_params(m, trainable_only=False) == 30
+
+
+class _OomAbove(nn.Module):
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.lin = limit, nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.lin(x.flatten(1)[:, :4])
+
+
+def test_throughput_sweep_stops_at_out_of_memory():
+    result = measure.throughput(_OomAbove(4), (1, 2, 2), batch_sizes=(1, 2, 4, 8, 16), warmup=1, iters=2)
+    assert list(result.per_batch) == [1, 2, 4]
+    assert result.max_batch_fitted == 4 and result.oom_at == 8
+    assert result.batch_size in (1, 2, 4) and result.img_per_s == max(result.per_batch.values())
+
+
+def test_throughput_other_errors_propagate():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        measure.throughput(Broken(), (1, 2, 2), batch_sizes=(1,))
+
+
+def test_latency_is_positive():
+    assert measure.latency_ms(nn.Flatten(), (1, 4, 4), iters=3) > 0
+
+
+def test_cpu_tracker_counts_live_tensor_bytes_exactly():
+    def fn():
+        a = torch.ones(1000)  # 4000 bytes
+        b = a * 2  # 4000 more: peak 8000
+        del a, b
+        c = torch.ones(500)  # 2000
+        d = c.view(10, 50)  # a view: no new storage
+        return d
+
+    resident = [torch.zeros(250)]  # 1000 bytes held throughout
+    peak, method = measure.peak_memory(fn, "cpu", resident)
+    assert method == "cpu tensor tracking"
+    assert peak == 1000 + 8000
+
+
+def test_inference_and_training_memory():
+    model = models.VisionTransformer(ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                                               embed_dim=32, depth=2, num_heads=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    infer = measure.inference_memory(model, (1, 28, 28), batch_size=8)
+    train = measure.training_memory(model, (1, 28, 28), batch_size=8)
+    weights = 4 * measure.count_params(model)
+    assert infer.weights_bytes == weights
+    assert weights < infer.peak_bytes < train.peak_bytes
+    # gradients and two AdamW moments exist at the peak of a training step
+    assert train.peak_bytes >= 4 * weights
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "model was changed"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_inference_memory_grows_with_batch():
+    model = models.create("vit_tiny_patch16_224", img_size=64, num_classes=10)
+    small = measure.inference_memory(model, (3, 64, 64), batch_size=1).peak_bytes
+    large = measure.inference_memory(model, (3, 64, 64), batch_size=16).peak_bytes
+    assert large > small
+
+
+def test_benchmark_record():
+    model = models.create("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10)
+    record = measure.benchmark(model, (3, 32, 32), PROFILES["smoke"], name="vit_tiny@32")
+    cfg = ViTConfig.of(model)
+    assert record.params == measure.count_params(model)
+    assert record.macs == record.analytic_macs == measure.vit_macs(cfg)["total"]
+    assert record.throughput_img_s > 0 and record.batch_size in PROFILES["smoke"].bench_batch_sizes
+    assert record.train_mem_bytes > record.infer_mem_bytes > 0

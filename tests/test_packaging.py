@@ -1,0 +1,33 @@
+"""The install files agree with each other and keep CUDA off CPU machines."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _conda_deps(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    start = lines.index("dependencies:") + 1
+    return [ln.strip() for ln in lines[start:] if ln.startswith("  - ") and not ln.strip().startswith("- pip:")]
+
+
+def test_binder_environment_matches_the_root_one():
+    assert _conda_deps(ROOT / "binder" / "environment.yml") == _conda_deps(ROOT / "environment.yml")
+    assert (ROOT / "binder" / "postBuild").stat().st_mode & 0o111
+
+
+def test_constraints_pin_a_portable_torch():
+    pins = dict(
+        line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert pins["torch"] == "2.13.0", "pin torch without a local '+cpu' tag (it exists on no public index)"
+    assert pins["torchvision"] == "0.28.0"
+    for needed in ("timm", "fvcore", "jupyterlab", "ipykernel", "matplotlib", "seaborn", "pandas", "nbval", "papermill"):
+        assert needed in pins
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make run" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from vitsurvey import profiles
+from vitsurvey.profiles import get_profile
+
+
+def test_argument_beats_environment(monkeypatch):
+    monkeypatch.setenv(profiles.ENV_VAR, "cpu")
+    assert get_profile("smoke").name == "smoke"
+
+
+def test_environment_beats_hardware(monkeypatch):
+    monkeypatch.setenv(profiles.ENV_VAR, "smoke")
+    assert get_profile("auto").name == "smoke"
+    assert get_profile(None).name == "smoke"
+
+
+def test_hardware_decides_last(monkeypatch):
+    monkeypatch.delenv(profiles.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_profile().name == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_profile().name == "gpu"
+
+
+@pytest.mark.parametrize("bad", ["fast", "GPUs", ""])
+def test_unknown_name_lists_valid_ones(monkeypatch, bad):
+    monkeypatch.delenv(profiles.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match="Valid profiles: smoke, cpu, gpu, auto"):
+        get_profile(bad or " ")
+
+
+def test_unknown_name_from_environment_says_so(monkeypatch):
+    monkeypatch.setenv(profiles.ENV_VAR, "huge")
+    with pytest.raises(ValueError, match=r"'huge' \(from the \$VITSURVEY_PROFILE\)"):
+        get_profile()
+
+
+def test_gpu_profile_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        get_profile("gpu")
+
+
+def test_profiles_grow_in_size():
+    smoke, cpu, gpu = (profiles.PROFILES[n] for n in ("smoke", "cpu", "gpu"))
+    assert smoke.train_samples is not None and smoke.train_samples < 5000
+    assert smoke.epochs <= cpu.epochs <= gpu.epochs
+    assert max(smoke.bench_batch_sizes) < max(cpu.bench_batch_sizes) < max(gpu.bench_batch_sizes)
+
+
+def test_replace_keeps_the_rest():
+    p = profiles.PROFILES["smoke"].replace(epochs=3)
+    assert p.epochs == 3 and p.batch_size == profiles.PROFILES["smoke"].batch_size

@@ -1,0 +1,74 @@
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from vitsurvey import results
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    return tmp_path / "data" / "results"
+
+
+@dataclasses.dataclass
+class Row:
+    method: str
+    params: int
+    top1: float
+
+
+def test_append_writes_context_columns(out):
+    path = results.append("01_vit_anatomy", [Row("baseline", 100, 85.5)], profile="smoke")
+    assert path == out / "01_vit_anatomy.csv"
+    frame = pd.read_csv(path)
+    assert list(frame.columns[: len(results.COLUMNS)]) == results.COLUMNS
+    row = frame.iloc[0]
+    assert row["method"] == "baseline" and row["params"] == 100 and row["profile"] == "smoke"
+    for col in ("device", "torch", "timm", "date"):
+        assert isinstance(row[col], str) and row[col]
+
+
+def test_append_accumulates_and_extends_columns(out):
+    results.append("nb", [{"method": "a", "params": 1}], profile="cpu")
+    results.append("nb.ipynb", [{"method": "b", "params": 2, "latency_ms": 3.5}], profile="cpu")
+    frame = results.read("nb")
+    assert frame["method"].tolist() == ["a", "b"]
+    assert pd.isna(frame.loc[0, "latency_ms"]) and frame.loc[1, "latency_ms"] == 3.5
+
+
+def test_crash_mid_write_leaves_previous_file_intact(out, monkeypatch):
+    path = results.append("nb", [{"method": "first"}], profile="cpu")
+    before = path.read_bytes()
+    original = pd.DataFrame.to_csv
+
+    def crash(self, f, *args, **kwargs):
+        original(self.head(1), f, *args, **kwargs)  # some bytes reach the temporary file ...
+        raise KeyboardInterrupt  # ... then the process is interrupted
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    with pytest.raises(KeyboardInterrupt):
+        results.append("nb", [{"method": "second"}], profile="cpu")
+    assert path.read_bytes() == before
+    assert [p.name for p in out.iterdir()] == ["nb.csv"], "a temporary file was left behind"
+
+
+def test_bad_rows_are_rejected(out):
+    with pytest.raises(TypeError, match="mapping or a dataclass"):
+        results.append("nb", [("a", 1)], profile="cpu")
+    with pytest.raises(ValueError, match="No rows"):
+        results.append("nb", [], profile="cpu")
+
+
+def test_read_missing_is_empty(out):
+    assert results.read("nothing").empty
+
+
+def test_project_root_is_found_from_a_subdirectory(tmp_path, monkeypatch):
+    monkeypatch.delenv(results.ENV_OUTPUT, raising=False)
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "vitsurvey").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert results.project_root() == tmp_path.resolve()

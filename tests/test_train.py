@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from vitsurvey import data, train
+from vitsurvey.models import VisionTransformer
+from vitsurvey.profiles import PROFILES
+
+TINY = PROFILES["smoke"].replace(dataset="synthetic", train_samples=1024, test_samples=256, epochs=8,
+                                 batch_size=32, lr=3e-3, augment=False)
+
+
+def test_augment_only_shifts_and_flips():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    out = train.augment(x, max_shift=0, generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    shifted = train.augment(x, max_shift=1)
+    assert shifted.shape == x.shape
+
+
+def test_fit_learns_a_learnable_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
+    model = VisionTransformer(train.baseline_config(TINY))
+    tr, te = data.loaders(TINY)
+    before = train.evaluate(model, te)
+    calls = []
+
+    def extra(model, x, y, logits):
+        calls.append(x.shape[0])
+        return 0.0 * logits.sum()
+
+    result = train.fit(model, tr, te, TINY, extra_loss=extra, log=None)
+    assert result.top1 > 90 > before
+    assert len(result.history) == 8 and result.train_img_per_s > 0
+    assert len(calls) == 8 * len(tr)
+
+
+def test_baseline_is_cached_per_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
+    p = TINY.replace(epochs=1)
+    model, result = train.baseline(p, log=None)
+    path = train.checkpoint_path(p)
+    assert path.exists()
+    again, again_result = train.baseline(p, log=None)
+    assert again_result == result
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    changed, changed_result = train.baseline(p.replace(lr=1e-4), log=None)  # other settings: retrain
+    assert changed_result.history != result.history
+
+
+def test_evaluate_rejects_empty():
+    model = VisionTransformer(train.baseline_config(TINY))
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0)))
+    with pytest.raises(ValueError, match="empty"):
+        train.evaluate(model, empty)
+
+
+def test_too_little_data_is_a_clear_error():
+    p = TINY.replace(train_samples=8, batch_size=32)
+    tr, te = data.loaders(p)
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        train.fit(VisionTransformer(train.baseline_config(p)), tr, te, p, log=None)
