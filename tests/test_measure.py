@@ -131,3 +131,13 @@ def test_benchmark_record():
     assert record.macs == record.analytic_macs == measure.vit_macs(cfg)["total"]
     assert record.throughput_img_s > 0 and record.batch_size in PROFILES["smoke"].bench_batch_sizes
     assert record.train_mem_bytes > record.infer_mem_bytes > 0
+
+
+def test_throughput_runs_for_at_least_min_seconds():
+    import time
+
+    start = time.perf_counter()
+    result = measure.throughput(nn.Flatten(), (1, 2, 2), batch_sizes=(2,), warmup=0, iters=1, min_seconds=0.2)
+    assert time.perf_counter() - start >= 0.2
+    # many more than one pass were timed, so the rate reflects them all
+    assert result.per_batch[2] > 2 / 0.2

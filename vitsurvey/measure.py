@@ -189,12 +189,14 @@ def throughput(
     dtype: torch.dtype | None = None,
     warmup: int = 2,
     iters: int = 5,
+    min_seconds: float = 0.0,
 ) -> Throughput:
     """Images per second in inference, best over ``batch_sizes`` (S3's protocol, timm's contract).
 
-    For each batch size, in increasing order: ``warmup`` untimed passes, then ``iters`` timed passes
-    between device synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at
-    the first batch size that runs out of memory; that size is recorded in ``oom_at``.
+    For each batch size, in increasing order: ``warmup`` untimed passes, then at least ``iters`` timed
+    passes, continuing until ``min_seconds`` have elapsed (short runs are noisy), between device
+    synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at the first batch
+    size that runs out of memory; that size is recorded in ``oom_at``.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -206,9 +208,10 @@ def throughput(
                 for _ in range(warmup):
                     model(x)
                 _sync(device)
-                start = time.perf_counter()
-                for _ in range(iters):
-                    model(x)
+                start, done = time.perf_counter(), 0
+                while done < iters or time.perf_counter() - start < min_seconds:
+                    model(x)  # the host may run ahead of a GPU here; the sync below catches up
+                    done += 1
                 _sync(device)
                 elapsed = time.perf_counter() - start
         except RuntimeError as exc:
@@ -217,7 +220,7 @@ def throughput(
             result.oom_at = b
             _free(device)
             break
-        rate = b * iters / elapsed
+        rate = b * done / elapsed
         result.per_batch[b] = rate
         result.max_batch_fitted = b
         if result.img_per_s is None or rate > result.img_per_s:
@@ -457,7 +460,8 @@ def benchmark(
     cfg = ViTConfig.of(model)
     macs = count_macs(model, x).total
     sweep = (batch_size,) if batch_size else profile.bench_batch_sizes
-    speed = throughput(model, input_shape, sweep, device, warmup=profile.bench_warmup, iters=profile.bench_iters)
+    speed = throughput(model, input_shape, sweep, device, warmup=profile.bench_warmup,
+                       iters=profile.bench_iters, min_seconds=profile.bench_min_seconds)
     mem_batch = batch_size or max(b for b in profile.bench_batch_sizes if b <= 32)
     infer = inference_memory(model, input_shape, mem_batch, device)
     train = training_memory(model, input_shape, mem_batch, device, amp=device.type == "cuda")

@@ -123,7 +123,8 @@ def append(
     for c in COLUMNS:
         if c not in frame.columns:
             frame[c] = pd.NA
-    write_csv_atomic(frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]], path)
+    # convert_dtypes keeps whole numbers whole (no "64.0") in columns that other rows leave empty
+    write_csv_atomic(frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]].convert_dtypes(), path)
     return path
 
 

@@ -7,6 +7,7 @@ to the loss (knowledge distillation uses it), so variants reuse the loop instead
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -143,19 +144,15 @@ def fit(
     return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / elapsed, history)
 
 
-def baseline_config(profile: Profile, num_classes: int | None = None) -> ViTConfig:
-    """The ViTConfig of the profile's baseline (its data set decides channels, size and classes)."""
-    b = profile.baseline
+def baseline_config(profile: Profile) -> ViTConfig:
+    """The profile's baseline ViT, with image size, channels and classes taken from its data set."""
     info = vdata.DATASETS[profile.dataset]
-    return ViTConfig(
+    b = profile.baseline
+    return dataclasses.replace(
+        b,
         img_size=info.img_size or b.img_size,
-        patch_size=b.patch_size,
         in_chans=info.channels,
-        num_classes=num_classes or info.num_classes or b.num_classes,
-        embed_dim=b.embed_dim,
-        depth=b.depth,
-        num_heads=b.num_heads,
-        mlp_ratio=b.mlp_ratio,
+        num_classes=info.num_classes or b.num_classes,
     )
 
 
