@@ -68,3 +68,13 @@ def test_run_failure_names_notebook_and_cell(tmp_path, capsys):
 def test_run_bad_input(args, capsys):
     assert main(args) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_run_in_place_keeps_the_authored_parameters(tmp_path, capsys):
+    src = tmp_path / "03_inplace.ipynb"
+    _notebook(src, ['profile = "auto"', "print('profile is', profile)"])
+    assert main(["run", str(src), "--profile", "smoke"]) == 0
+    executed = nbformat.read(src, as_version=4)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert executed.cells[0].source == 'profile = "auto"'
+    assert "profile is smoke" in executed.cells[-1].outputs[0]["text"]

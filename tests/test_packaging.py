@@ -31,3 +31,18 @@ def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make run" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_committed_notebooks_are_runnable_in_any_profile():
+    """Each notebook has a python3 kernelspec and a `parameters` cell, and no papermill-injected cell
+    that would pin a profile over $VITSURVEY_PROFILE (nbval runs them in the smoke profile)."""
+    import nbformat
+
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        tags = [t for c in nb.cells for t in c.metadata.get("tags", [])]
+        assert nb.metadata["kernelspec"]["name"] == "python3", path.name
+        assert "parameters" in tags, path.name
+        assert "injected-parameters" not in tags, path.name

@@ -97,6 +97,20 @@ def _notebooks_dir() -> Path:
     return (repository_root() or Path.cwd()) / "notebooks"
 
 
+def _drop_injected_parameters(src: str, dest: Path) -> None:
+    """Copy an executed notebook without papermill's ``injected-parameters`` cell.
+
+    A notebook rewritten in place keeps its own ``parameters`` cell (``profile = "auto"``): an injected
+    ``profile = "cpu"`` left behind would override ``$VITSURVEY_PROFILE`` in every later run, nbval's
+    included. The profile actually used stays visible in the notebook's printed output.
+    """
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nbformat.write(nb, str(dest))
+
+
 def run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -148,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
         staged = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(tmp, staged)
+        if dest.resolve() == path.resolve():
+            _drop_injected_parameters(tmp, staged)
+        else:
+            shutil.copyfile(tmp, staged)
         os.replace(staged, dest)
         os.unlink(tmp)
         print(f"done in {time.perf_counter() - start:.0f} s -> {dest}")
