@@ -1,0 +1,115 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vitsurvey.metrics import efficient_error_rate, pareto_front
+
+
+def _front(rows, objectives):
+    return pareto_front(pd.DataFrame(rows), objectives).tolist()
+
+
+def test_pareto_simple_trade_off():
+    rows = {"top1": [80, 75, 70, 79], "macs": [4, 2, 1, 5]}
+    # the last row is worse than the first in both objectives
+    assert _front(rows, {"top1": "max", "macs": "min"}) == [True, True, True, False]
+
+
+def test_pareto_ties_and_duplicates():
+    rows = {"top1": [80, 80, 80, 70], "macs": [2, 2, 3, 1]}
+    # two identical rows: neither dominates the other, both stay; a tie in top1 with more MACs is off
+    assert _front(rows, {"top1": "max", "macs": "min"}) == [True, True, False, True]
+
+
+def test_pareto_single_objective_keeps_all_best():
+    assert _front({"x": [3, 1, 1, 2]}, {"x": "min"}) == [False, True, True, False]
+
+
+def test_pareto_missing_values_are_off_the_front():
+    rows = {"top1": [80, np.nan, 70], "macs": [2, 0.1, 1]}
+    assert _front(rows, {"top1": "max", "macs": "min"}) == [True, False, True]
+
+
+def test_pareto_bad_input():
+    frame = pd.DataFrame({"a": [1]})
+    with pytest.raises(ValueError, match="at least one objective"):
+        pareto_front(frame, {})
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        pareto_front(frame, {"a": "lower"})
+    with pytest.raises(KeyError, match="no column"):
+        pareto_front(frame, {"b": "min"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
+def test_pareto_front_is_exactly_the_non_dominated_set(points):
+    frame = pd.DataFrame(points, columns=["a", "b"])
+    front = pareto_front(frame, {"a": "min", "b": "max"})
+    for i, (a, b) in enumerate(points):
+        dominated = any(a2 <= a and b2 >= b and (a2 < a or b2 > b) for a2, b2 in points)
+        assert front.iloc[i] == (not dominated)
+    assert front.any()  # a finite set always has a non-dominated point
+
+
+TABLE = pd.DataFrame(
+    {"params": [5.7, 22.0, 86.6], "macs": [1.26, 4.6, 17.6], "bits": [32, 8, 8], "error": [27.8, 20.2, 18.2]},
+    index=["ti", "s", "b"],
+)
+COSTS = {"params": 1.0, "macs": 1.0, "bits": 1.0}
+
+
+def test_eer_of_the_reference_row_is_one():
+    eer = efficient_error_rate(TABLE, COSTS, reference="b")
+    assert eer["b"] == pytest.approx(1.0)
+    # ViT-Ti at 32 bit against ViT-B at 8 bit: the bit width outweighs its smaller size
+    assert eer["ti"] == pytest.approx((5.7 / 86.6 + 1.26 / 17.6 + 32 / 8 + 27.8 / 18.2) / 4)
+
+
+def test_eer_explicit_formula():
+    eer = efficient_error_rate(TABLE, {"macs": 2.0}, error_weight=1.0, reference={"macs": 10.0, "error": 20.0})
+    assert eer["ti"] == pytest.approx((2 * 1.26 / 10 + 27.8 / 20) / 3)
+
+
+def test_eer_bad_input():
+    with pytest.raises(ValueError, match="non-negative"):
+        efficient_error_rate(TABLE, {"macs": -1.0})
+    with pytest.raises(ValueError, match="reference"):
+        efficient_error_rate(TABLE, COSTS, reference="nope")
+    with pytest.raises(KeyError, match="no column"):
+        efficient_error_rate(TABLE, {"latency": 1.0})
+    with pytest.raises(ValueError, match="zero"):
+        efficient_error_rate(TABLE.assign(bits=0), COSTS)
+
+
+positive = st.floats(0.01, 1000, allow_nan=False)
+table = st.lists(st.tuples(positive, positive, positive), min_size=2, max_size=8).map(
+    lambda rows: pd.DataFrame(rows, columns=["macs", "params", "error"])
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(table, st.integers(0, 7), st.sampled_from(["macs", "params", "error"]), st.floats(1.0, 10.0),
+       st.sampled_from(["max", "min", 0]))
+def test_eer_never_improves_when_a_cost_or_the_error_grows(frame, row, column, factor, reference):
+    row = row % len(frame)
+    costs = {"macs": 1.0, "params": 0.5}
+    before = efficient_error_rate(frame, costs, reference=reference)
+    worse = frame.copy()
+    worse.loc[row, column] *= factor
+    if reference == 0 and row == 0:
+        return  # the reference row itself is 1 by definition
+    after = efficient_error_rate(worse, costs, reference=reference)
+    assert after[row] >= before[row] - 1e-12
+
+
+@settings(max_examples=80, deadline=None)
+@given(table, st.sampled_from(["macs", "params", "error"]), st.floats(1e-3, 1e3), st.sampled_from(["max", "min", 1]))
+def test_eer_rankings_do_not_depend_on_units(frame, column, scale, reference):
+    costs = {"macs": 1.0, "params": 2.0}
+    before = efficient_error_rate(frame, costs, reference=reference)
+    rescaled = frame.copy()
+    rescaled[column] *= scale  # e.g. GMACs -> MACs, or error in % -> fraction
+    after = efficient_error_rate(rescaled, costs, reference=reference)
+    assert np.allclose(before.to_numpy(), after.to_numpy(), rtol=1e-9)
