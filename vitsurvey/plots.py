@@ -11,6 +11,8 @@ from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from .results import project_root
 
@@ -51,3 +53,59 @@ def savefig(fig: plt.Figure, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight", facecolor="white")
     return path
+
+
+def log_x_axis(ax: plt.Axes) -> None:
+    """A logarithmic x axis labelled at 1, 2 and 5 x 10^k in plain numbers (no overprinted minors)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def pareto(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    x_dir: str,
+    y_dir: str = "max",
+    label: str | None = None,
+    highlight: pd.Series | None = None,
+    log_x: bool = False,
+) -> pd.Series:
+    """Scatter ``y`` against ``x``, draw the Pareto front as a step line and name its points.
+
+    ``x_dir``/``y_dir`` say which way is better (``"min"`` or ``"max"``); ``highlight`` marks some
+    rows (e.g. the plain ViTs) with a different marker. Returns the front (a boolean Series).
+    """
+    from .metrics import pareto_front
+
+    data = frame.dropna(subset=[x, y])
+    front = pareto_front(data, {x: x_dir, y: y_dir})
+    others = data[~front]
+    ax.scatter(others[x], others[y], s=18, color="#999999", label="dominated")
+    on = data[front].sort_values(x)
+    ax.step(on[x], on[y], where="post" if x_dir == "min" else "pre", color=OKABE_ITO[0], lw=1, alpha=0.7)
+    ax.scatter(on[x], on[y], s=30, color=OKABE_ITO[0], label="Pareto-optimal", zorder=3)
+    if highlight is not None:
+        marked = data[highlight.reindex(data.index, fill_value=False)]
+        ax.scatter(marked[x], marked[y], s=70, facecolors="none", edgecolors=OKABE_ITO[3], lw=1.5,
+                   label="ViT (plain)", zorder=4)
+    if log_x:
+        log_x_axis(ax)
+    if label is not None:
+        _label_points(ax, on, x, y, label)
+    return front.reindex(frame.index, fill_value=False)
+
+
+def _label_points(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str, label: str) -> None:
+    """Name points, skipping a name that would overprint one already placed (the point stays)."""
+    placed: list[tuple[float, float]] = []
+    ax.autoscale_view()  # display coordinates below must use the final data limits
+    for _, row in rows.iterrows():
+        px, py = ax.transData.transform((row[x], row[y]))
+        if any(abs(px - qx) < 90 and abs(py - qy) < 11 for qx, qy in placed):
+            continue
+        placed.append((px, py))
+        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(3, 3), fontsize=7)
