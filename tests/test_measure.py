@@ -141,3 +141,26 @@ def test_throughput_runs_for_at_least_min_seconds():
     assert time.perf_counter() - start >= 0.2
     # many more than one pass were timed, so the rate reflects them all
     assert result.per_batch[2] > 2 / 0.2
+
+
+def test_benchmark_models_skips_unknown_and_records_out_of_memory(monkeypatch):
+    real_create = models.create
+
+    def fake_create(name, **kw):
+        if name == "oom_above_1":
+            return _OomAbove(1)
+        return real_create(name, **kw)
+
+    monkeypatch.setattr(models, "create", fake_create)
+    rows = measure.benchmark_models(
+        ["vit_tiny_patch16_2244", "oom_above_1", "deit_tiny_patch16_224"], PROFILES["smoke"],
+        batch_sizes=(1, 2), log=None,
+    )
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["vit_tiny_patch16_2244"]["status"] == "unknown model"
+    oom = by_name["oom_above_1"]
+    assert oom["status"] == "out of memory at batch 2"
+    assert oom["max_batch_fitted"] == 1 and oom["throughput_img_s"] > 0
+    assert oom["infer_mem_bytes"] is None  # memory is measured at batch 2, which does not fit
+    ok = by_name["deit_tiny_patch16_224"]
+    assert ok["status"] == "ok" and ok["macs"] == 1_258_411_200 and ok["throughput_bf16_img_s"] is None

@@ -64,9 +64,9 @@ def profile_model(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cfg_size = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
-    shape = (cfg_size[0], args.img_size or cfg_size[1], args.img_size or cfg_size[2])
-    record = measure.benchmark(model, shape, prof, name=args.model, batch_size=args.batch_size)
+    shape = measure.input_shape_of(model, args.img_size)
+    batches = (args.batch_size,) if args.batch_size else None
+    record = measure.benchmark(model, shape, prof, name=args.model, batch_sizes=batches, mem_batch=args.batch_size)
     row = {**asdict(record), "profile": prof.name}
     if args.json:
         print(json.dumps(row, indent=2))
@@ -78,6 +78,7 @@ def profile_model(args: argparse.Namespace) -> int:
         ("MACs (fvcore, attention counted)", f"{record.macs:,}"),
         ("MACs (analytic ViT formula)", f"{record.analytic_macs:,}" if record.analytic_macs else "n/a (not a plain ViT)"),
         ("throughput", f"{record.throughput_img_s:,.1f} img/s at batch {record.batch_size}" if record.throughput_img_s else "out of memory"),
+        ("throughput, bf16 autocast", f"{record.throughput_bf16_img_s:,.1f} img/s" if record.throughput_bf16_img_s else "not measured (CUDA only)"),
         ("latency (batch 1)", f"{record.latency_ms:.2f} ms"),
         (f"inference memory (batch {record.mem_batch_size})", f"{record.infer_mem_bytes / mib:,.1f} MiB" if record.infer_mem_bytes else "out of memory"),
         (f"training memory (batch {record.mem_batch_size})", f"{record.train_mem_bytes / mib:,.1f} MiB" if record.train_mem_bytes else "out of memory"),

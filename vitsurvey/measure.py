@@ -22,7 +22,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -326,11 +326,15 @@ def peak_memory(
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-        return torch.cuda.max_memory_allocated(device), "cuda allocator"
+        return torch.cuda.max_memory_allocated(device), _memory_method(device)
     tracker = _LiveTensorBytes()
     with tracker:
         fn()
-    return tensor_bytes(resident) + tracker.peak, "cpu tensor tracking"
+    return tensor_bytes(resident) + tracker.peak, _memory_method(device)
+
+
+def _memory_method(device: torch.device) -> str:
+    return "cuda allocator" if device.type == "cuda" else "cpu tensor tracking"
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -359,7 +363,7 @@ def inference_memory(
         if not _is_oom(exc):
             raise
         _free(device)
-        return Memory(None, weights, batch_size, "cuda allocator", oom=True)
+        return Memory(None, weights, batch_size, _memory_method(device), oom=True)
     return Memory(peak, weights, batch_size, method)
 
 
@@ -400,7 +404,7 @@ def training_memory(
         if not _is_oom(exc):
             raise
         _free(device)
-        return Memory(None, weights, batch_size, "cuda allocator", oom=True)
+        return Memory(None, weights, batch_size, _memory_method(device), oom=True)
     finally:
         for p in model.parameters():
             p.grad = None
@@ -430,8 +434,12 @@ class Benchmark:
     analytic_macs: int | None
     """From :func:`vit_macs` for plain ViTs, else None."""
     throughput_img_s: float | None
+    """Best fp32 rate over the batch sweep; None if not even the smallest batch fitted."""
     batch_size: int | None
     max_batch_fitted: int | None
+    oom_at: int | None
+    throughput_bf16_img_s: float | None
+    """Best rate under bf16 autocast (measured on CUDA only, as S3's second setting)."""
     latency_ms: float
     infer_mem_bytes: int | None
     train_mem_bytes: int | None
@@ -446,23 +454,25 @@ def benchmark(
     input_shape: tuple[int, int, int],
     profile: Any,
     name: str = "model",
-    batch_size: int | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
+    mem_batch: int | None = None,
     device: str | torch.device | None = None,
 ) -> Benchmark:
     """Params, MACs, throughput (batch sweep), latency, inference and training memory, model size.
 
-    The sweep uses the profile's batch sizes, or only ``batch_size`` when given; memory is measured
-    at ``batch_size`` or else at the largest batch of the profile's sweep that is at most 32.
+    The sweep uses ``batch_sizes`` (default: the profile's); memory is measured at ``mem_batch``
+    (default: the largest swept batch that is at most 32). On CUDA the sweep runs twice, in fp32 and
+    under bf16 autocast.
     """
     device = torch.device(device or profile.device)
     model = model.to(device).eval()
-    x = torch.zeros(1, *input_shape, device=device)
     cfg = ViTConfig.of(model)
-    macs = count_macs(model, x).total
-    sweep = (batch_size,) if batch_size else profile.bench_batch_sizes
-    speed = throughput(model, input_shape, sweep, device, warmup=profile.bench_warmup,
-                       iters=profile.bench_iters, min_seconds=profile.bench_min_seconds)
-    mem_batch = batch_size or max(b for b in profile.bench_batch_sizes if b <= 32)
+    macs = count_macs(model, torch.zeros(1, *input_shape, device=device)).total
+    sweep = tuple(batch_sizes or profile.bench_batch_sizes)
+    timing = {"warmup": profile.bench_warmup, "iters": profile.bench_iters, "min_seconds": profile.bench_min_seconds}
+    speed = throughput(model, input_shape, sweep, device, **timing)
+    speed16 = throughput(model, input_shape, sweep, device, torch.bfloat16, **timing) if device.type == "cuda" else None
+    mem_batch = mem_batch or max([b for b in sweep if b <= 32] or [min(sweep)])
     infer = inference_memory(model, input_shape, mem_batch, device)
     train = training_memory(model, input_shape, mem_batch, device, amp=device.type == "cuda")
     return Benchmark(
@@ -474,6 +484,8 @@ def benchmark(
         throughput_img_s=speed.img_per_s,
         batch_size=speed.batch_size,
         max_batch_fitted=speed.max_batch_fitted,
+        oom_at=speed.oom_at,
+        throughput_bf16_img_s=speed16.img_per_s if speed16 else None,
         latency_ms=latency_ms(model, input_shape, device, warmup=profile.bench_warmup, iters=profile.latency_iters),
         infer_mem_bytes=infer.peak_bytes,
         train_mem_bytes=train.peak_bytes,
@@ -482,3 +494,55 @@ def benchmark(
         size_bytes_fp32=model_size_bytes(model, 32),
         memory_method=infer.method,
     )
+
+
+def input_shape_of(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
+    """(channels, height, width) a timm model expects, from its pretrained config, or at ``img_size``."""
+    c, h, w = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+    return (c, img_size or h, img_size or w)
+
+
+def benchmark_models(
+    names: list[str],
+    profile: Any,
+    batch_sizes: tuple[int, ...] | None = None,
+    mem_batch: int | None = None,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """:func:`benchmark` for each timm model name, never stopping at one bad model.
+
+    Each row has ``model`` and ``status``: ``ok``; ``unknown model`` (skipped, with close names in the
+    log); ``out of memory at batch N`` (the row keeps what fitted, ``max_batch_fitted`` included); or
+    ``failed: <error>`` for anything else. A model that runs out of memory is thus recorded, not fatal.
+    """
+    from .models import create
+
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            model = create(name)
+        except ValueError as exc:
+            rows.append({"model": name, "status": "unknown model"})
+            if log:
+                log(f"{name}: skipped ({exc})")
+            continue
+        try:
+            record = benchmark(model, input_shape_of(model), profile, name, batch_sizes, mem_batch, device)
+        except RuntimeError as exc:
+            status = "out of memory" if _is_oom(exc) else f"failed: {type(exc).__name__}: {exc}"
+            rows.append({"model": name, "status": status})
+            if log:
+                log(f"{name}: {status}")
+            continue
+        finally:
+            del model
+            _free(torch.device(device or profile.device))
+        row = {"model": name, "status": "ok", **asdict(record)}
+        if record.oom_at is not None or record.throughput_img_s is None:
+            row["status"] = f"out of memory at batch {record.oom_at}"
+        rows.append(row)
+        if log:
+            rate = f"{record.throughput_img_s:,.1f} img/s" if record.throughput_img_s else "no batch fitted"
+            log(f"{name}: {row['status']}, {rate}")
+    return rows

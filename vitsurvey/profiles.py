@@ -56,6 +56,12 @@ class Profile:
     bench_min_seconds: float = 0.0
     """Timed passes continue past ``bench_iters`` until this much time has elapsed (steadier rates)."""
     latency_iters: int = 10
+    sweep_batch_sizes: tuple[int, ...] = (1, 8)
+    """Batch sizes when many models are benchmarked in one notebook (02, 11)."""
+    protocol_models: tuple[str, ...] = ()
+    """timm models that notebook 02 measures."""
+    s3_models: int | None = None
+    """How many of S3's timm-buildable models notebook 11 benchmarks (None: all of them)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -69,6 +75,14 @@ class Profile:
 def _fmnist_vit(**kw: object) -> ViTConfig:
     return ViTConfig(img_size=28, in_chans=1, num_classes=10, **kw)  # type: ignore[arg-type]
 
+
+# Twelve timm models for notebook 02: plain ViTs of three sizes, DeiT variants, hybrids, a hierarchical
+# transformer, an MLP-mixer and a CNN; nine of them are also in S3's data.
+_PROTOCOL_MODELS = (
+    "vit_tiny_patch16_224", "deit_tiny_patch16_224", "vit_small_patch16_224", "deit3_small_patch16_224",
+    "vit_base_patch16_224", "efficientformerv2_s0", "coat_tiny", "xcit_tiny_12_p16_224",
+    "swin_tiny_patch4_window7_224", "mixer_s16_224", "resnet50", "levit_128s",
+)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -86,6 +100,9 @@ PROFILES: dict[str, Profile] = {
         latency_iters=3,
         resolutions=(32, 64),
         timing_batch=2,
+        sweep_batch_sizes=(1, 2),
+        protocol_models=("vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet50"),
+        s3_models=2,
     ),
     "cpu": Profile(
         name="cpu",
@@ -105,6 +122,8 @@ PROFILES: dict[str, Profile] = {
         latency_iters=20,
         resolutions=(64, 96, 128, 160, 224, 288),
         timing_batch=4,
+        sweep_batch_sizes=(1, 8),
+        protocol_models=_PROTOCOL_MODELS,
     ),
     "gpu": Profile(
         name="gpu",
@@ -124,6 +143,8 @@ PROFILES: dict[str, Profile] = {
         latency_iters=100,
         resolutions=(64, 128, 224, 320, 384, 448, 512, 640),
         timing_batch=64,
+        sweep_batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048),  # S3: powers of two up to the memory limit
+        protocol_models=_PROTOCOL_MODELS,
     ),
 }
 VALID_NAMES: tuple[str, ...] = (*PROFILES, "auto")
