@@ -164,3 +164,15 @@ def test_benchmark_models_skips_unknown_and_records_out_of_memory(monkeypatch):
     assert oom["infer_mem_bytes"] is None  # memory is measured at batch 2, which does not fit
     ok = by_name["deit_tiny_patch16_224"]
     assert ok["status"] == "ok" and ok["macs"] == 1_258_411_200 and ok["throughput_bf16_img_s"] is None
+
+
+def test_plain_fvcore_misses_fused_attention():
+    model = models.create("vit_tiny_patch16_224")
+    x = torch.zeros(1, 3, 224, 224)
+    plain = measure.count_macs(model, x, count_fused_attention=False).total
+    assert measure.count_macs(model, x).total - plain == 178_831_872  # exactly the attention matmuls
+
+
+def test_pass_times_are_per_pass():
+    times = measure.pass_times_ms(nn.Flatten(), (1, 2, 2), batch_size=2, passes=4)
+    assert len(times) == 4 and all(t > 0 for t in times)

@@ -71,8 +71,16 @@ def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * length * s * (e + ev)
 
 
-def count_macs(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> MacCount:
-    """Count MACs with fvcore, attention included (fused or not), with fvcore's warnings silenced."""
+def count_macs(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    count_fused_attention: bool = True,
+) -> MacCount:
+    """Count MACs with fvcore, attention included (fused or not), with fvcore's warnings silenced.
+
+    ``count_fused_attention=False`` reproduces plain fvcore, which skips the fused attention kernel
+    (notebook 02 shows the trap); every other caller keeps the default.
+    """
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     was_training = model.training
     model.eval()
@@ -82,10 +90,11 @@ def count_macs(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]
             warnings.simplefilter("ignore")
             from fvcore.nn import FlopCountAnalysis
 
+            analysis = FlopCountAnalysis(model, args)
+            if count_fused_attention:
+                analysis = analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
             analysis = (
-                FlopCountAnalysis(model, args)
-                .set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
-                .unsupported_ops_warnings(False)
+                analysis.unsupported_ops_warnings(False)
                 .uncalled_modules_warnings(False)
                 .tracer_warnings("none")
             )
@@ -226,6 +235,36 @@ def throughput(
         if result.img_per_s is None or rate > result.img_per_s:
             result.img_per_s, result.batch_size = rate, b
     return result
+
+
+def pass_times_ms(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    passes: int,
+    device: str | torch.device = "cpu",
+    sync: bool = True,
+) -> list[float]:
+    """Milliseconds of each of ``passes`` consecutive inference passes, from cold (no warm-up).
+
+    For showing the traps that :func:`throughput` avoids: the first passes pay for allocation and
+    kernel selection, and without ``sync`` a GPU timing measures only how fast work is queued.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(passes):
+            if sync:
+                _sync(device)
+            start = time.perf_counter()
+            model(x)
+            if sync:
+                _sync(device)
+            times.append(1e3 * (time.perf_counter() - start))
+    _sync(device)
+    return times
 
 
 def latency_ms(
