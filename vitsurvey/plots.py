@@ -55,12 +55,14 @@ def savefig(fig: plt.Figure, name: str) -> Path:
     return path
 
 
-def log_x_axis(ax: plt.Axes) -> None:
-    """A logarithmic x axis labelled at 1, 2 and 5 x 10^k in plain numbers (no overprinted minors)."""
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+def log_axis(ax: plt.Axes, which: str = "x") -> None:
+    """Logarithmic axes (``"x"``, ``"y"`` or ``"both"``) labelled at 1, 2 and 5 x 10^k in plain numbers."""
+    for name in ("x", "y") if which == "both" else (which,):
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        getattr(ax, f"set_{name}scale")("log")
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
 
 
 def pareto(
@@ -93,14 +95,15 @@ def pareto(
         ax.scatter(marked[x], marked[y], s=70, facecolors="none", edgecolors=OKABE_ITO[3], lw=1.5,
                    label="ViT (plain)", zorder=4)
     if log_x:
-        log_x_axis(ax)
+        log_axis(ax, "x")
     if label is not None:
-        _label_points(ax, on, x, y, label)
+        label_points(ax, on, x, y, label)
     return front.reindex(frame.index, fill_value=False)
 
 
-def _label_points(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str, label: str) -> None:
-    """Name points, skipping a name that would overprint one already placed (the point stays)."""
+def label_points(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str, label: str | None = None) -> None:
+    """Name points (by ``label`` column, else the index), skipping a name that would overprint one
+    already placed (the point stays). Call after the axes' scales are set."""
     placed: list[tuple[float, float]] = []
     ax.autoscale_view()  # display coordinates below must use the final data limits
     for _, row in rows.iterrows():
@@ -108,4 +111,5 @@ def _label_points(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str, label: str) 
         if any(abs(px - qx) < 90 and abs(py - qy) < 11 for qx, qy in placed):
             continue
         placed.append((px, py))
-        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        text = row.name if label is None else row[label]
+        ax.annotate(str(text), (row[x], row[y]), textcoords="offset points", xytext=(3, 3), fontsize=7)
