@@ -161,3 +161,15 @@ def test_loaders_follow_the_profile(tmp_path):
     train, test = data.loaders(p, root=tmp_path, download=False)
     assert len(train.dataset) == 32 and len(train) == 4
     assert len(test.dataset) == 10
+
+
+def test_find_all_reports_locations(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
+    assert set(data.find_all().values()) == {"not found"}
+    _write_fmnist(tmp_path / "FashionMNIST" / "raw")
+    _write_cifar(tmp_path, "cifar100")
+    found = data.find_all()
+    assert found["fashion_mnist"] == str(tmp_path / "FashionMNIST" / "raw")
+    assert found["cifar100"] == str(tmp_path / "cifar-100-python")
+    assert found["cifar10"] == "not found"

@@ -142,14 +142,16 @@ def _find_fashion_mnist(roots: list[Path], split: str) -> tuple[Path, Path] | No
     return None
 
 
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
 def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
     """CIFAR's python pickles: dicts with b'data' (N x 3072 uint8, channel-major) and labels."""
+    folder = root / _CIFAR_FOLDERS[name]
     if name == "cifar10":
-        folder = root / "cifar-10-batches-py"
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         key = b"labels"
     else:
-        folder = root / "cifar-100-python"
         files = ["train" if split == "train" else "test"]
         key = b"fine_labels"
     if not all((folder / f).is_file() for f in files):
@@ -309,14 +311,10 @@ def loaders(
 
 def find_all() -> dict[str, str]:
     """Where each file-backed data set was found (or 'not found'), without downloading anything."""
-    report = {}
-    for name in ("fashion_mnist", "cifar10", "cifar100"):
-        roots = search_roots()
-        hit = _find_fashion_mnist(roots, "train") if name == "fashion_mnist" else None
-        if name == "fashion_mnist":
-            report[name] = str(hit[0].parent) if hit else "not found"
-        else:
-            sub = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-            where = [r / sub for r in roots if (r / sub).is_dir()]
-            report[name] = str(where[0]) if where else "not found"
+    roots = search_roots()
+    fmnist = _find_fashion_mnist(roots, "train")
+    report = {"fashion_mnist": str(fmnist[0].parent) if fmnist else "not found"}
+    for name, folder in _CIFAR_FOLDERS.items():
+        hits = [r / folder for r in roots if (r / folder).is_dir()]
+        report[name] = str(hits[0]) if hits else "not found"
     return report
