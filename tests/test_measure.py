@@ -176,3 +176,37 @@ def test_plain_fvcore_misses_fused_attention():
 def test_pass_times_are_per_pass():
     times = measure.pass_times_ms(nn.Flatten(), (1, 2, 2), batch_size=2, passes=4)
     assert len(times) == 4 and all(t > 0 for t in times)
+
+
+def test_vit_macs_per_block_token_counts():
+    cfg = PRESETS["vit_tiny_patch16_224"]
+    uniform = measure.vit_macs(cfg)
+    assert measure.vit_macs(cfg, tokens=[197] * 12) == uniform
+    assert measure.vit_macs(models.VisionTransformer(cfg)) == uniform
+    fewer = measure.vit_macs(cfg, tokens=[197] * 6 + [99] * 6)
+    assert fewer["patch_embed"] == uniform["patch_embed"] and fewer["total"] < uniform["total"]
+    with pytest.raises(ValueError, match="one count per block"):
+        measure.vit_macs(cfg, tokens=[197] * 11)
+
+
+def test_vit_macs_follow_dropped_tokens_like_fvcore():
+    model = models.VisionTransformer(ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=4,
+                                               num_heads=3))
+
+    def keep_33(i, tokens, attn):
+        return tokens[:, :33]
+
+    counts = model.token_counts(torch.zeros(1, 3, 32, 32), keep_33)
+    assert counts == [65, 33, 33, 33]
+
+    class Reduced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = model
+
+        def forward(self, x):
+            return self.vit(x, token_step=keep_33)
+
+    counted = measure.count_macs(Reduced(), torch.zeros(1, 3, 32, 32))
+    # fvcore sees explicit attention matmuls here; the formula must agree exactly
+    assert counted.total == measure.vit_macs(model, tokens=counts)["total"]

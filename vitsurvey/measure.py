@@ -21,7 +21,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,24 +129,39 @@ def vit_params(cfg: ViTConfig) -> dict[str, int]:
     return out
 
 
-def vit_macs(cfg: ViTConfig, tokens: int | None = None) -> dict[str, int]:
-    """MACs of one image through a plain ViT, per component, with N tokens (default 1 + patches).
+def vit_macs(
+    vit: ViTConfig | nn.Module, tokens: int | Sequence[int] | None = None
+) -> dict[str, int]:
+    """MACs of one image through a plain ViT, per component.
+
+    ``vit`` is a :class:`ViTConfig`, or a :class:`~vitsurvey.models.VisionTransformer` whose blocks may
+    have been pruned to fewer heads or MLP neurons (their actual shapes are read). ``tokens`` is the
+    number of tokens entering every block, or a list with one count per block (token reduction);
+    default 1 + patches. The final LayerNorm sees the last block's count.
 
     Conventions follow fvcore so the two can be compared term by term: a matrix product counts its
     multiply-adds; LayerNorm counts 5 per element; biases, residual adds, softmax and GELU count 0.
     """
-    N = cfg.num_tokens if tokens is None else tokens
-    D, M, L = cfg.embed_dim, cfg.mlp_hidden, cfg.depth
-    out = {
-        "patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D,
-        "qkv": L * N * D * 3 * D,
-        "attn_scores": L * N * N * D,  # Q K^T over all heads: h * N^2 * (D / h)
-        "attn_values": L * N * N * D,  # A V
-        "attn_proj": L * N * D * D,
-        "mlp": L * 2 * N * D * M,
-        "layer_norm": (2 * L + 1) * 5 * N * D,
-        "head": D * cfg.num_classes,
-    }
+    cfg = vit if isinstance(vit, ViTConfig) else vit.cfg  # type: ignore[union-attr]
+    D, L = cfg.embed_dim, cfg.depth
+    if isinstance(vit, ViTConfig):
+        shapes = [(cfg.embed_dim, cfg.mlp_hidden)] * L  # (attention width h*d, MLP hidden) per block
+    else:
+        shapes = [(b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features) for b in vit.blocks]  # type: ignore[union-attr]
+    counts = [cfg.num_tokens] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
+    if len(counts) != L:
+        raise ValueError(f"tokens has {len(counts)} entries for {L} blocks; give one count per block.")
+    out = dict.fromkeys(["qkv", "attn_scores", "attn_values", "attn_proj", "mlp", "layer_norm"], 0)
+    for N, (inner, hidden) in zip(counts, shapes):
+        out["qkv"] += N * D * 3 * inner
+        out["attn_scores"] += N * N * inner  # Q K^T over all heads: h * N^2 * d
+        out["attn_values"] += N * N * inner  # A V
+        out["attn_proj"] += N * inner * D
+        out["mlp"] += 2 * N * D * hidden
+        out["layer_norm"] += 2 * 5 * N * D
+    out["layer_norm"] += 5 * counts[-1] * D  # the final norm
+    out = {"patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D, **out,
+           "head": D * cfg.num_classes}
     out["total"] = sum(out.values())
     return out
 

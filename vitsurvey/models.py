@@ -72,8 +72,13 @@ class ViTConfig:
     def of(cls, model: nn.Module) -> ViTConfig | None:
         """The config of a plain ViT (ours or timm's: class token, no register or distillation
         tokens, standard blocks), or None for any other architecture."""
-        if isinstance(model, VisionTransformer):
-            return model.cfg
+        if isinstance(model, VisionTransformer):  # None once pruning made the blocks differ from cfg
+            cfg = model.cfg
+            uniform = all(
+                b.attn.num_heads == cfg.num_heads and b.attn.head_dim * cfg.num_heads == cfg.embed_dim
+                and b.mlp.fc1.out_features == cfg.mlp_hidden for b in model.blocks
+            )
+            return cfg if uniform else None
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
         if not isinstance(model, TimmViT) or getattr(model, "num_prefix_tokens", 1) != 1:
@@ -124,16 +129,17 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention, softmax(Q K^T / sqrt(d)) V, with one fused QKV projection."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim or dim // num_heads  # a pruned block keeps d and loses heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner)
+        self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        B, N, D = x.shape
+        B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         if need_weights:
@@ -142,7 +148,7 @@ class Attention(nn.Module):
         else:  # the fused kernel never materialises the N x N matrix
             attn = None
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D)), attn
+        return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)), attn
 
 
 class Mlp(nn.Module):
