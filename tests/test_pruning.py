@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from vitsurvey import measure
+from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.strategies import pruning
+
+CFG = ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=3, num_heads=4)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = VisionTransformer(CFG).eval()
+    with torch.no_grad():  # random biases too, so that zeroed structures really differ from untouched ones
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.7])
+def test_structurally_pruned_equals_masked(ratio):
+    model, x = _model(), torch.randn(4, 1, 28, 28)
+    pruned, masked = pruning.prune_structured(model, ratio), pruning.mask_structured(model, ratio)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked(x), atol=1e-5)
+        assert not torch.allclose(pruned(x), model(x), atol=1e-3)  # something was really removed
+    assert measure.count_params(pruned) < measure.count_params(model)
+
+
+def test_pruned_shapes_and_macs():
+    pruned = pruning.prune_structured(_model(), 0.5)
+    for block in pruned.blocks:
+        assert block.attn.num_heads == 2 and block.attn.head_dim == 12
+        assert block.mlp.fc1.out_features == 96
+    counted = measure.count_macs(pruned, torch.zeros(1, 1, 28, 28)).total
+    assert counted == measure.vit_macs(pruned)["total"] < measure.vit_macs(CFG)["total"]
+    assert ViTConfig.of(pruned) is None  # the config no longer describes the blocks
+
+
+def test_ratio_zero_is_identity_and_original_untouched():
+    model, x = _model(), torch.randn(2, 1, 28, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    same = pruning.prune_structured(model, 0.0)
+    pruning.prune_structured(model, 0.5)
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_least_important_heads_go_first():
+    model = _model()
+    with torch.no_grad():
+        qkv = model.blocks[0].attn.qkv.weight.view(3, 4, 12, -1)
+        qkv[:, 2] *= 0.01  # head 2 made tiny
+    heads, _ = pruning.select_structures(model, 0.25)[0]
+    assert 2 not in heads.tolist() and len(heads) == 3
+
+
+def test_only_chosen_blocks_are_pruned():
+    pruned = pruning.prune_structured(_model(), 0.5, blocks=[1])
+    assert [b.attn.num_heads for b in pruned.blocks] == [4, 2, 4]
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1])
+def test_invalid_ratios(ratio):
+    with pytest.raises(ValueError, match="would remove every head|invalid"):
+        pruning.prune_structured(_model(), ratio)
+
+
+def test_ratio_removing_all_heads_of_a_small_block():
+    two_heads = VisionTransformer(ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32,
+                                            depth=1, num_heads=2))
+    with pytest.raises(ValueError, match="would remove all 2 heads of block 0"):
+        pruning.prune_structured(two_heads, 0.8)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_pruning_reaches_the_sparsity_and_keeps_shapes(scope):
+    model = _model()
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    pruning.magnitude_prune(model, 0.6, scope=scope)
+    assert pruning.sparsity_of(model) == pytest.approx(0.6, abs=0.01)
+    pruning.make_permanent(model)
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
+    assert pruning.sparsity_of(model) == pytest.approx(0.6, abs=0.01)
+
+
+def test_magnitude_pruning_removes_the_smallest_weights():
+    model = _model()
+    weights = torch.cat([m.weight.detach().abs().flatten() for m in pruning._block_linears(model)])
+    threshold = weights.kthvalue(int(0.5 * weights.numel())).values
+    pruning.magnitude_prune(model, 0.5)
+    for m in pruning._block_linears(model):
+        kept = m.weight.detach() != 0
+        assert (m.weight_orig.detach().abs()[kept] >= threshold).all()
+
+
+def test_masks_survive_fine_tuning():
+    model = _model().train()
+    pruning.magnitude_prune(model, 0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.randn(4, 1, 28, 28)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert pruning.sparsity_of(model) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_invalid_sparsity(bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pruning.magnitude_prune(_model(), bad)

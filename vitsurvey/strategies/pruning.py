@@ -1,0 +1,184 @@
+"""Weight pruning: unstructured (zero single weights) and structured (remove heads and MLP neurons).
+
+Unstructured magnitude pruning zeroes the smallest weights. The matrices keep their shape, so dense
+kernels do exactly the same work: fewer non-zeros, same time (notebook 05 measures it).
+
+Structured pruning removes whole attention heads and MLP neurons and rebuilds the layers smaller, so
+every matrix product shrinks and time falls with it. Importance, for a block with QKV weight
+``W_qkv`` (rows: queries, keys, values of every head), output projection ``W_o``, and MLP ``W_1``,
+``W_2``:
+
+* head h:   ||W_q,h||^2 + ||W_k,h||^2 + ||W_v,h||^2 + ||W_o[:, h]||^2 (the head's weights, squared);
+* neuron j: ||W_1[j, :]|| * ||W_2[:, j]|| (a bound on how much one unit of its activation moves the
+  output).
+
+The lowest-ranked ``ratio`` of heads and of neurons is removed in every block (or in chosen blocks).
+:func:`mask_structured` zeroes the same heads and neurons without removing them: the two models
+compute the same function, which the tests check.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from ..models import Attention, Mlp, VisionTransformer
+
+
+def _block_linears(model: VisionTransformer) -> list[nn.Linear]:
+    return [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)]
+
+
+def _check_fraction(value: float, name: str) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1): the fraction removed; got {value}.")
+
+
+# --------------------------------------------------------------------------- unstructured
+
+
+def magnitude_prune(model: VisionTransformer, sparsity: float, scope: str = "global") -> VisionTransformer:
+    """Zero the ``sparsity`` fraction of block weights with the smallest magnitude, in place.
+
+    ``scope="global"`` ranks all block weights together (layers end up with different sparsities);
+    ``"layer"`` prunes every weight matrix to the same sparsity. torch's pruning masks stay attached,
+    so fine-tuning keeps the pruned weights at zero; :func:`make_permanent` removes the masks.
+    """
+    _check_fraction(sparsity, "sparsity")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', not {scope!r}.")
+    params = [(m, "weight") for m in _block_linears(model)]
+    if sparsity == 0:
+        return model
+    if scope == "global":
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+    else:
+        for module, name in params:
+            prune.l1_unstructured(module, name, amount=sparsity)
+    return model
+
+
+def make_permanent(model: VisionTransformer) -> VisionTransformer:
+    """Fold torch's pruning masks into the weights (zeros stay zeros, no mask is applied any more)."""
+    for module in _block_linears(model):
+        if prune.is_pruned(module):
+            prune.remove(module, "weight")
+    return model
+
+
+def sparsity_of(model: VisionTransformer) -> float:
+    """Fraction of exactly-zero weights in the blocks' linear layers."""
+    weights = [m.weight for m in _block_linears(model)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / sum(w.numel() for w in weights)
+
+
+# --------------------------------------------------------------------------- structured
+
+
+def head_importance(attn: Attention) -> Tensor:
+    """Importance of each head of one attention layer (see the module docstring)."""
+    h, d = attn.num_heads, attn.head_dim
+    w = attn.qkv.weight.detach().view(3, h, d, -1)  # (q/k/v, head, d, dim)
+    proj = attn.proj.weight.detach().view(-1, h, d)  # (dim, head, d)
+    return w.pow(2).sum(dim=(0, 2, 3)) + proj.pow(2).sum(dim=(0, 2))
+
+
+def neuron_importance(mlp: Mlp) -> Tensor:
+    """Importance of each hidden neuron of one MLP (see the module docstring)."""
+    return mlp.fc1.weight.detach().norm(dim=1) * mlp.fc2.weight.detach().norm(dim=0)
+
+
+def _n_removed(total: int, ratio: float) -> int:
+    return math.floor(total * ratio + 0.5)
+
+
+def select_structures(
+    model: VisionTransformer, ratio: float, blocks: Sequence[int] | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """For each block, the indices of the heads and MLP neurons to keep (sorted)."""
+    if ratio < 0 or ratio >= 1:
+        raise ValueError(
+            f"A pruning ratio of {ratio} is invalid: it is the fraction of heads and neurons removed, in "
+            "[0, 1); a ratio of 1 or more would remove every head."
+        )
+    chosen = set(range(len(model.blocks)) if blocks is None else blocks)
+    if not chosen <= set(range(len(model.blocks))):
+        raise ValueError(f"blocks {sorted(chosen)} are not all in 0..{len(model.blocks) - 1}.")
+    keep = []
+    for i, block in enumerate(model.blocks):
+        h, m = block.attn.num_heads, block.mlp.fc1.out_features
+        drop_h, drop_m = (_n_removed(h, ratio), _n_removed(m, ratio)) if i in chosen else (0, 0)
+        if drop_h >= h:
+            raise ValueError(
+                f"A pruning ratio of {ratio} would remove all {h} heads of block {i}; use a ratio below "
+                f"{(h - 0.5) / h:.2f}."
+            )
+        heads = head_importance(block.attn).argsort(descending=True)[: h - drop_h].sort().values
+        neurons = neuron_importance(block.mlp).argsort(descending=True)[: m - drop_m].sort().values
+        keep.append((heads, neurons))
+    return keep
+
+
+def _head_rows(heads: Tensor, head_dim: int) -> Tensor:
+    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+
+
+@torch.no_grad()
+def prune_structured(
+    model: VisionTransformer, ratio: float, blocks: Sequence[int] | None = None
+) -> VisionTransformer:
+    """A copy of ``model`` with the least important ``ratio`` of heads and MLP neurons removed from
+    every block (or from ``blocks``): smaller dense layers, the kept weights unchanged."""
+    keep = select_structures(model, ratio, blocks)
+    pruned = copy.deepcopy(model)
+    D = model.cfg.embed_dim
+    for block, (heads, neurons) in zip(pruned.blocks, keep):
+        old, d = block.attn, block.attn.head_dim
+        rows = _head_rows(heads, d)
+        inner = old.num_heads * d
+        qkv_rows = torch.cat([rows, rows + inner, rows + 2 * inner])
+        new = Attention(D, len(heads), d).to(old.qkv.weight)
+        new.qkv.weight.copy_(old.qkv.weight[qkv_rows])
+        new.qkv.bias.copy_(old.qkv.bias[qkv_rows])
+        new.proj.weight.copy_(old.proj.weight[:, rows])
+        new.proj.bias.copy_(old.proj.bias)
+        block.attn = new
+        mlp = Mlp(D, len(neurons)).to(block.mlp.fc1.weight)
+        mlp.fc1.weight.copy_(block.mlp.fc1.weight[neurons])
+        mlp.fc1.bias.copy_(block.mlp.fc1.bias[neurons])
+        mlp.fc2.weight.copy_(block.mlp.fc2.weight[:, neurons])
+        mlp.fc2.bias.copy_(block.mlp.fc2.bias)
+        block.mlp = mlp
+    return pruned
+
+
+@torch.no_grad()
+def mask_structured(
+    model: VisionTransformer, ratio: float, blocks: Sequence[int] | None = None
+) -> VisionTransformer:
+    """A copy of ``model`` in which the heads and neurons :func:`prune_structured` would remove are
+    zeroed instead: same shapes, same function as the pruned model."""
+    keep = select_structures(model, ratio, blocks)
+    masked = copy.deepcopy(model)
+    for block, (heads, neurons) in zip(masked.blocks, keep):
+        attn, d = block.attn, block.attn.head_dim
+        inner = attn.num_heads * d
+        drop = torch.ones(attn.num_heads, dtype=torch.bool)
+        drop[heads] = False
+        rows = _head_rows(drop.nonzero().flatten(), d)
+        for offset in (0, inner, 2 * inner):
+            attn.qkv.weight[rows + offset] = 0
+            attn.qkv.bias[rows + offset] = 0
+        attn.proj.weight[:, rows] = 0
+        gone = torch.ones(block.mlp.fc1.out_features, dtype=torch.bool)
+        gone[neurons] = False
+        block.mlp.fc1.weight[gone] = 0
+        block.mlp.fc1.bias[gone] = 0
+        block.mlp.fc2.weight[:, gone] = 0
+    return masked
