@@ -210,3 +210,18 @@ def test_vit_macs_follow_dropped_tokens_like_fvcore():
     counted = measure.count_macs(Reduced(), torch.zeros(1, 3, 32, 32))
     # fvcore sees explicit attention matmuls here; the formula must agree exactly
     assert counted.total == measure.vit_macs(model, tokens=counts)["total"]
+
+
+def test_relative_throughput_times_every_model_each_round(monkeypatch):
+    calls = []
+    real = measure.throughput
+
+    def spy(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "throughput", spy)
+    fast, slow = nn.Flatten(), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)], nn.Flatten())
+    rates = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
+    assert calls == [fast, slow, fast, slow]  # interleaved
+    assert rates["fast"] > rates["slow"] > 0

@@ -21,7 +21,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -250,6 +250,35 @@ def throughput(
         if result.img_per_s is None or rate > result.img_per_s:
             result.img_per_s, result.batch_size = rate, b
     return result
+
+
+def relative_throughput(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    rounds: int = 3,
+    warmup: int = 2,
+    iters: int = 5,
+    min_seconds: float = 0.0,
+) -> dict[str, float]:
+    """Best images per second of each model at one batch size, over ``rounds`` interleaved rounds.
+
+    Every round times each model once, in turn, so a drift in the machine's speed (other load, clock
+    changes) affects all of them alike; the ratios between the results are what a notebook should
+    quote as speed-ups. Each timing is :func:`throughput` at ``batch_size``.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, not {rounds}.")
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            rate = throughput(model, input_shape, (batch_size,), device, warmup=warmup, iters=iters,
+                              min_seconds=min_seconds).img_per_s
+            if rate is None:
+                raise RuntimeError(f"{name} ran out of memory at batch {batch_size}; choose a smaller batch.")
+            best[name] = max(best.get(name, 0.0), rate)
+    return best
 
 
 def pass_times_ms(
