@@ -60,3 +60,26 @@ def test_too_little_data_is_a_clear_error():
     tr, te = data.loaders(p)
     with pytest.raises(ValueError, match="smaller than one batch"):
         train.fit(VisionTransformer(train.baseline_config(p)), tr, te, p, log=None)
+
+
+def test_finetune_uses_the_profiles_fine_tune_sizes(monkeypatch):
+    seen = {}
+    real_fit = train.fit
+
+    def spy(model, train_loader, test_loader, profile, **kw):
+        seen.update(samples=len(train_loader.dataset), epochs=profile.epochs, lr=profile.lr)
+        return real_fit(model, train_loader, test_loader, profile, **kw)
+
+    monkeypatch.setattr(train, "fit", spy)
+    p = TINY.replace(finetune_samples=256, finetune_epochs=2, finetune_lr=1e-4)
+    result = train.finetune(VisionTransformer(train.baseline_config(p)), p)
+    assert seen == {"samples": 256, "epochs": 2, "lr": 1e-4}
+    assert len(result.history) == 2
+
+
+def test_baseline_cache_ignores_settings_that_do_not_affect_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
+    p = TINY.replace(epochs=1)
+    _, first = train.baseline(p, log=None)
+    _, again = train.baseline(p.replace(bench_iters=99, compression_levels=(0.5,)), log=None)
+    assert again == first  # loaded, not retrained

@@ -62,6 +62,18 @@ class Profile:
     """timm models that notebook 02 measures."""
     s3_models: int | None = None
     """How many of S3's timm-buildable models notebook 11 benchmarks (None: all of them)."""
+    # compressing the baseline (notebooks 05 onwards)
+    finetune_samples: int | None = 10_000
+    """Training images for the short fine-tune after compression (a seeded subset)."""
+    finetune_epochs: int = 1
+    finetune_lr: float = 2e-4
+    compression_levels: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    """Fractions removed (weights, heads and neurons, tokens) at which a strategy is evaluated."""
+    slim_tolerances: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    """Output-error tolerances at which Patch Slimming is run (relative L2 error of the logits)."""
+    slim_sample: int = 64
+    """Training images on which Patch Slimming chooses its keep sets."""
+    slim_finetune_steps: int = 10
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -90,7 +102,7 @@ PROFILES: dict[str, Profile] = {
         device="cpu",
         train_samples=512,
         test_samples=256,
-        baseline=_fmnist_vit(patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
+        baseline=_fmnist_vit(patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0),
         epochs=1,
         batch_size=64,
         warmup_epochs=0.2,
@@ -101,6 +113,11 @@ PROFILES: dict[str, Profile] = {
         resolutions=(32, 64),
         timing_batch=2,
         sweep_batch_sizes=(1, 2),
+        finetune_samples=256,
+        compression_levels=(0.3, 0.6),
+        slim_tolerances=(0.1, 0.3),
+        slim_sample=16,
+        slim_finetune_steps=2,
         protocol_models=("vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet50"),
         s3_models=2,
     ),
@@ -144,6 +161,10 @@ PROFILES: dict[str, Profile] = {
         resolutions=(64, 128, 224, 320, 384, 448, 512, 640),
         timing_batch=64,
         sweep_batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048),  # S3: powers of two up to the memory limit
+        finetune_samples=None,
+        finetune_epochs=3,
+        slim_sample=256,
+        slim_finetune_steps=50,
         protocol_models=_PROTOCOL_MODELS,
     ),
 }

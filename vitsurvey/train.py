@@ -144,6 +144,23 @@ def fit(
     return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / elapsed, history)
 
 
+def finetune(
+    model: nn.Module,
+    profile: Profile,
+    root: str | Path | None = None,
+    extra_loss: ExtraLoss | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """The short recovery training after compression: the profile's fine-tune size, epochs and learning
+    rate, a brief warm-up, the same loop as :func:`fit`; tested on the profile's test subset."""
+    p = profile.replace(
+        train_samples=profile.finetune_samples, epochs=profile.finetune_epochs, lr=profile.finetune_lr,
+        warmup_epochs=0.1, augment=False,
+    )
+    train_loader, test_loader = vdata.loaders(p, root)
+    return fit(model, train_loader, test_loader, p, extra_loss=extra_loss, log=log)
+
+
 def baseline_config(profile: Profile) -> ViTConfig:
     """The profile's baseline ViT, with image size, channels and classes taken from its data set."""
     info = vdata.DATASETS[profile.dataset]
@@ -160,6 +177,15 @@ def checkpoint_path(profile: Profile) -> Path:
     return project_root() / "checkpoints" / f"baseline_{profile.name}_{profile.dataset}.pt"
 
 
+TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epochs", "batch_size", "lr",
+                   "weight_decay", "warmup_epochs", "augment", "amp", "seed")
+"""The profile fields that decide what training produces; a checkpoint is reused only if they match."""
+
+
+def _training_settings(profile: Profile) -> dict:
+    return {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS}
+
+
 def save(model: VisionTransformer, result: TrainResult, path: Path, profile: Profile) -> None:
     """Save weights, config, training record and the profile that trained them; atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +195,7 @@ def save(model: VisionTransformer, result: TrainResult, path: Path, profile: Pro
             "config": asdict(model.cfg),
             "state_dict": model.state_dict(),
             "result": asdict(result),
-            "profile": asdict(profile),
+            "trained_with": _training_settings(profile),
         },
         tmp,
     )
@@ -177,11 +203,11 @@ def save(model: VisionTransformer, result: TrainResult, path: Path, profile: Pro
 
 
 def load(path: Path) -> tuple[VisionTransformer, TrainResult, dict]:
-    """A saved model, its training record, and the profile (as a dict) that trained it."""
+    """A saved model, its training record, and the training settings (a dict) that produced it."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = VisionTransformer(ViTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), TrainResult(**ckpt["result"]), ckpt["profile"]
+    return model.eval(), TrainResult(**ckpt["result"]), ckpt.get("trained_with", {})
 
 
 def baseline(
@@ -190,12 +216,12 @@ def baseline(
     retrain: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> tuple[VisionTransformer, TrainResult]:
-    """The profile's trained baseline ViT: loaded from ``checkpoints/`` if this profile trained it
-    before (same sizes and settings), else trained now on the profile's data and saved."""
+    """The profile's trained baseline ViT: loaded from ``checkpoints/`` if it was trained before with
+    the same training settings (:data:`TRAINING_FIELDS`), else trained now on the profile's data and saved."""
     path = checkpoint_path(profile)
     if path.exists() and not retrain:
         model, result, trained_by = load(path)
-        if trained_by == asdict(profile):
+        if trained_by == _training_settings(profile):
             return model, result
     seed_everything(profile.seed)
     model = VisionTransformer(baseline_config(profile))
