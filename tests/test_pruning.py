@@ -109,3 +109,11 @@ def test_masks_survive_fine_tuning():
 def test_invalid_sparsity(bad):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         pruning.magnitude_prune(_model(), bad)
+
+
+def test_nonzero_params_counts_what_pruning_left():
+    model = _model()
+    total = measure.count_params(model)
+    pruning.make_permanent(pruning.magnitude_prune(model, 0.5))
+    block_weights = sum(m.weight.numel() for m in pruning._block_linears(model))
+    assert pruning.nonzero_params(model) == total - round(0.5 * block_weights)

@@ -78,6 +78,11 @@ def sparsity_of(model: VisionTransformer) -> float:
     return zeros / sum(w.numel() for w in weights)
 
 
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero (what storage in a sparse format would keep)."""
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
 # --------------------------------------------------------------------------- structured
 
 
