@@ -1,0 +1,156 @@
+import pytest
+import torch
+
+from vitsurvey import measure
+from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.strategies import tokens
+
+CFG = ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=4, num_heads=3)
+
+
+def _model():
+    torch.manual_seed(0)
+    return VisionTransformer(CFG).eval()
+
+
+X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def test_evit_keep_one_is_the_unreduced_model():
+    model = _model()
+    with torch.no_grad():
+        assert torch.equal(model(X, token_step=tokens.evit_step(1.0, [0, 1, 2])), model(X, token_step=lambda i, t, a: t))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_evit_token_counts_match_the_schedule(fuse):
+    model = _model()
+    step = tokens.evit_step(0.5, [1, 2], fuse=fuse)
+    counts = model.token_counts(X, step)
+    assert counts == tokens.evit_schedule(CFG.depth, 0.5, [1, 2], CFG.num_tokens, fuse=fuse)
+    assert counts == ([50, 50, 27, 15] if fuse else [50, 50, 26, 14])
+
+
+def test_evit_keeps_the_class_token_and_the_most_attended_tokens():
+    x = torch.randn(2, 6, 4)
+    attn = torch.zeros(2, 1, 6, 6)
+    attn[:, 0, 0, 1:] = torch.tensor([0.1, 0.5, 0.05, 0.3, 0.05])
+    out = tokens.evit_step(0.4, [0], fuse=False)(0, x, attn)
+    assert torch.equal(out[:, 0], x[:, 0])
+    assert torch.equal(out[:, 1:], x[:, [2, 4]])  # tokens 2 and 4 have the highest attention
+    fused = tokens.evit_step(0.4, [0], fuse=True)(0, x, attn)
+    w = torch.tensor([0.1, 0.05, 0.05])
+    expected = (w[None, :, None] * x[:, [1, 3, 5]]).sum(1) / w.sum()
+    assert torch.allclose(fused[:, -1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [0.0, -0.5, 1.5])
+def test_invalid_keep_rates(keep):
+    with pytest.raises(ValueError, match=r"keep rate must be in \(0, 1\]"):
+        tokens.evit_step(keep, [0])
+
+
+def test_evit_macs_formula_matches_fvcore():
+    model, step = _model(), tokens.evit_step(0.5, [1, 2])
+
+    class Reduced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = model
+
+        def forward(self, x):
+            return self.vit(x, token_step=step)
+
+    counts = model.token_counts(X[:1], step)
+    counted = measure.count_macs(Reduced(), X[:1]).total
+    # fvcore also counts the few multiplications of the fusion; the formula leaves them out
+    assert abs(counted - measure.vit_macs(model, tokens=counts)["total"]) / counted < 0.01
+
+
+def test_tome_r_zero_is_the_unreduced_model():
+    model = _model()
+    with torch.no_grad():
+        assert torch.equal(tokens.ToMe(model, 0)(X), model(X))
+
+
+def test_tome_merges_r_tokens_per_block():
+    model = _model()
+    tome = tokens.ToMe(model, 8)
+    seen = []
+    hooks = [b.norm1.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for b in model.blocks]
+    with torch.no_grad():
+        out = tome(X)
+    for h in hooks:
+        h.remove()
+    assert seen == tome.token_counts() == [50, 42, 34, 26]
+    assert out.shape == (3, 10)
+
+
+def test_bipartite_merge_conserves_size_and_keeps_the_class_token():
+    x = torch.randn(2, 9, 4)
+    size = torch.ones(2, 9, 1)
+    merged, new_size = tokens.bipartite_merge(x, x, size, 3)
+    assert merged.shape == (2, 6, 4)
+    assert torch.equal(new_size.sum(1), size.sum(1))
+    assert torch.allclose(merged[:, 0], x[:, 0])
+    # the size-weighted mean of the merged tokens is the mean of the originals
+    assert torch.allclose((merged * new_size).sum(1), x.sum(1), atol=1e-5)
+
+
+def test_tome_rejects_too_large_r():
+    with pytest.raises(ValueError, match="merges more tokens than block"):
+        tokens.ToMe(_model(), 20)
+    with pytest.raises(ValueError, match=">= 0"):
+        tokens.ToMe(_model(), -1)
+
+
+def test_patch_slimming_sets_are_nested_and_keep_the_class_token():
+    model = _model()
+    slimmed, result = tokens.patch_slimming(model, X, tolerance=0.3, r0=4)
+    keep = result.keep
+    assert torch.equal(keep[0], torch.arange(CFG.num_tokens))
+    for a, b in zip(keep, keep[1:]):
+        assert set(b.tolist()) <= set(a.tolist())
+    assert all(0 in k.tolist() for k in keep)
+    assert result.token_counts() == [len(k) for k in keep]
+    assert result.token_counts()[-1] < CFG.num_tokens  # something was slimmed
+    assert all(e <= 0.3 + 1e-6 for e in result.errors[:1])
+    # the token step applies exactly the keep sets
+    with torch.no_grad():
+        via_step = slimmed(X, token_step=result.token_step())
+        direct, _, _ = tokens._run(slimmed, keep, X)
+    assert torch.allclose(via_step, direct, atol=1e-5)
+    assert slimmed.token_counts(X, result.token_step()) == result.token_counts()
+
+
+def test_patch_slimming_with_a_tiny_tolerance_keeps_everything():
+    model = _model()
+    slimmed, result = tokens.patch_slimming(model, X, tolerance=1e-7, r0=8)
+    assert result.token_counts() == [CFG.num_tokens] * CFG.depth
+    with torch.no_grad():
+        assert torch.allclose(slimmed(X, token_step=result.token_step()), model(X), atol=1e-5)
+
+
+def test_patch_slimming_fine_tune_reduces_the_error_and_leaves_the_original():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, plain = tokens.patch_slimming(model, X, tolerance=0.5, r0=8)
+    _, tuned = tokens.patch_slimming(model, X, tolerance=0.5, r0=8, finetune_steps=20, lr=1e-3)
+    assert tuned.errors[0] <= plain.errors[0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kw,match", [({"tolerance": 0.0}, "tolerance"), ({"tolerance": 0.1, "r0": 0}, "r0")])
+def test_patch_slimming_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tokens.patch_slimming(_model(), X, **kw)
+
+
+def test_schedule_step_and_wrapper():
+    model = _model()
+    step = tokens.schedule_step([50, 40, 20, 10])
+    assert model.token_counts(X, step) == [50, 40, 20, 10]
+    with torch.no_grad():
+        assert torch.equal(tokens.WithTokenStep(model, step)(X), model(X, token_step=step))
+    with pytest.raises(ValueError, match="non-increasing"):
+        tokens.schedule_step([50, 60, 20, 10])

@@ -1,0 +1,336 @@
+"""Token reduction: fewer tokens in later blocks, so every later matrix product shrinks.
+
+A block's cost is linear in the token count N for its projections and MLP, and quadratic for attention
+(notebook 01), so keeping a fraction k of the tokens after block l saves roughly (1 - k) of the linear
+cost of every later block. Three methods, all on :class:`~vitsurvey.models.VisionTransformer`:
+
+* :func:`evit_step` -- EViT-style attentive dropping: keep the image tokens the class token attends to
+  most, and fuse the rest into one token (their attention-weighted mean). Our design applies it between
+  blocks, using the attention of the block just run (EViT itself acts between attention and MLP).
+* :class:`ToMe` -- token merging by bipartite soft matching inside each block (between attention and
+  MLP), with proportional attention, after Bolya et al. (ICLR 2023).
+* :func:`patch_slimming` -- Patch Slimming (S5) as its description reads: nested keep sets found top-down
+  from the last block, patch significance from the attention of later blocks, an output-error tolerance,
+  and a brief fine-tune of each block. The keep sets are found on a data sample and then fixed.
+
+The class token is at index 0 and is never dropped or merged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import TokenStep, VisionTransformer
+
+
+def _check_keep(keep: float) -> None:
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep rate must be in (0, 1]: the fraction of image tokens kept; got {keep}.")
+
+
+class WithTokenStep(nn.Module):
+    """``vit`` with a token step between blocks, as one module (for timing, counting and training)."""
+
+    def __init__(self, vit: VisionTransformer, step: TokenStep) -> None:
+        super().__init__()
+        self.vit, self.step = vit, step
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit(x, token_step=self.step)
+
+
+def schedule_step(counts: Sequence[int]) -> TokenStep:
+    """A token step that keeps the first ``counts[i + 1]`` tokens after block ``i``: the cost of a token
+    schedule without its selection rule (for timing a schedule found on one model on another)."""
+    counts = list(counts)
+    if any(b > a for a, b in zip(counts, counts[1:])) or min(counts) < 1:
+        raise ValueError(f"A token schedule must be positive and non-increasing, got {counts}.")
+
+    def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
+        return x[:, : counts[i + 1]] if i + 1 < len(counts) else x
+
+    return step
+
+
+# --------------------------------------------------------------------------- EViT-style
+
+
+def evit_step(keep: float, blocks: Sequence[int], fuse: bool = True) -> TokenStep:
+    """A token step that, after each block in ``blocks``, keeps ``ceil(keep * image tokens)`` of the image
+    tokens with the highest class-token attention (mean over heads) and, with ``fuse``, merges the
+    others into one token weighted by that attention. ``keep=1`` changes nothing."""
+    _check_keep(keep)
+    chosen = set(blocks)
+
+    def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
+        if i not in chosen or keep == 1:
+            return x
+        B, N, D = x.shape
+        n_img = N - 1
+        n_keep = max(1, math.ceil(keep * n_img))
+        if n_keep >= n_img:
+            return x
+        score = attn[:, :, 0, 1:].mean(dim=1)  # (B, N - 1): class-token attention to each image token
+        order = score.argsort(dim=1, descending=True)
+        top, rest = order[:, :n_keep], order[:, n_keep:]
+        kept = x[:, 1:].gather(1, top[..., None].expand(-1, -1, D))
+        parts = [x[:, :1], kept]
+        if fuse:
+            w = score.gather(1, rest)
+            dropped = x[:, 1:].gather(1, rest[..., None].expand(-1, -1, D))
+            parts.append((w[..., None] * dropped).sum(1, keepdim=True) / w.sum(1, keepdim=True)[..., None])
+        return torch.cat(parts, dim=1)
+
+    return step
+
+
+def evit_schedule(depth: int, keep: float, blocks: Sequence[int], n_tokens: int, fuse: bool = True) -> list[int]:
+    """Tokens entering each block under :func:`evit_step` (for the MAC formula)."""
+    _check_keep(keep)
+    counts, n = [], n_tokens
+    for i in range(depth):
+        counts.append(n)
+        if i in set(blocks) and keep < 1:
+            n_keep = max(1, math.ceil(keep * (n - 1)))
+            if n_keep < n - 1:
+                n = 1 + n_keep + int(fuse)
+    return counts
+
+
+# --------------------------------------------------------------------------- ToMe
+
+
+def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """Merge ``r`` tokens by bipartite soft matching (ToMe), keeping the class token (index 0).
+
+    Tokens alternate into sets A (even positions) and B (odd); each A token picks its most similar B
+    token (cosine similarity of ``metric``); the ``r`` most similar pairs are merged into their B token
+    as a size-weighted mean. Returns the new tokens and their sizes (how many patches each stands for).
+    """
+    if r <= 0:
+        return x, size
+    B, N, D = x.shape
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    scores = a @ b.transpose(-1, -2)
+    scores[:, 0, :] = -math.inf  # the class token (first of A) is never merged
+    best, best_b = scores.max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)[..., None]
+    merged_a, kept_a = order[:, :r], order[:, r:]
+    target = best_b[..., None].gather(1, merged_a)
+
+    xs, sizes = x * size, size
+    xa, xb = xs[:, ::2], xs[:, 1::2]
+    sa, sb = sizes[:, ::2], sizes[:, 1::2]
+    xb = xb.scatter_reduce(1, target.expand(-1, -1, D), xa.gather(1, merged_a.expand(-1, -1, D)), "sum")
+    sb = sb.scatter_reduce(1, target, sa.gather(1, merged_a), "sum")
+    kept_a = kept_a.sort(dim=1).values  # keep A's order, so the class token stays first
+    xa, sa = xa.gather(1, kept_a.expand(-1, -1, D)), sa.gather(1, kept_a)
+    xs, sizes = torch.cat([xa, xb], dim=1), torch.cat([sa, sb], dim=1)
+    return xs / sizes, sizes
+
+
+class ToMe(nn.Module):
+    """A ViT that merges ``r`` tokens in every block (ToMe), sharing the weights of ``vit``.
+
+    Inside each block: attention with proportional attention (log of each token's size added to the
+    attention logits, so a merged token counts as the patches it stands for), then bipartite merging on
+    the keys (mean over heads), then the MLP. ``r=0`` is the unchanged model.
+    """
+
+    def __init__(self, vit: VisionTransformer, r: int) -> None:
+        super().__init__()
+        if r < 0:
+            raise ValueError(f"r (tokens merged per block) must be >= 0, not {r}.")
+        n = vit.cfg.num_tokens
+        for i in range(vit.cfg.depth):
+            if r > (n - 1) // 2:
+                raise ValueError(
+                    f"r={r} merges more tokens than block {i} can pair: it has {n} tokens, so at most "
+                    f"{(n - 1) // 2} merges; use a smaller r."
+                )
+            n -= r
+        self.vit, self.r = vit, r
+
+    def token_counts(self) -> list[int]:
+        n = self.vit.cfg.num_tokens
+        return [n - i * self.r for i in range(self.vit.cfg.depth)]
+
+    def _attention(self, block: nn.Module, x: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+        attn_mod = block.attn
+        B, N, _ = x.shape
+        h, d = attn_mod.num_heads, attn_mod.head_dim
+        qkv = attn_mod.qkv(block.norm1(x)).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = size.log()[:, None, None, :, 0]  # proportional attention: (B, 1, 1, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        y = attn_mod.proj(out.transpose(1, 2).reshape(B, N, h * d))
+        return y, k.mean(dim=1)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        vit = self.vit
+        if self.r == 0:  # nothing to merge: exactly the unreduced model
+            return vit.forward_features(x)
+        x = vit.embed(x)
+        size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        for block in vit.blocks:
+            y, keys = self._attention(block, x, size)
+            x = x + y
+            x, size = bipartite_merge(x, keys, size, self.r)
+            x = x + block.mlp(block.norm2(x))
+        return vit.norm(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------- Patch Slimming
+
+
+def _positions(current: Tensor, subset: Tensor) -> Tensor:
+    """Where each index of ``subset`` sits in ``current`` (both sorted original token indices)."""
+    return torch.searchsorted(current, subset)
+
+
+@dataclass
+class SlimmingResult:
+    """Nested keep sets, one per block: the original token indices (0 is the class token) entering it."""
+
+    keep: list[Tensor]
+    errors: list[float]
+    """Relative output error on the sample after each block's set was chosen (last block first)."""
+
+    def token_counts(self) -> list[int]:
+        return [len(k) for k in self.keep]
+
+    def token_step(self) -> TokenStep:
+        """The token step that applies the keep sets: after block i, gather the tokens of block i + 1."""
+        positions = [_positions(cur, nxt) for cur, nxt in zip(self.keep[:-1], self.keep[1:])]
+
+        def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
+            if i >= len(positions) or len(positions[i]) == x.shape[1]:
+                return x
+            return x[:, positions[i].to(x.device)]
+
+        return step
+
+
+def _run(vit: VisionTransformer, keep: list[Tensor], images: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Logits with the keep sets applied, each block's output tokens, and each block's attention."""
+    x = vit.embed(images)[:, keep[0].to(images.device)]
+    outs, maps = [], []
+    for b, block in enumerate(vit.blocks):
+        if b > 0:
+            x = x[:, _positions(keep[b - 1], keep[b]).to(x.device)]
+        x, attn = block(x, need_weights=True)
+        outs.append(x)
+        maps.append(attn)
+    return vit.forward_head(vit.norm(x)), outs, maps
+
+
+def _relevance(maps: list[Tensor], keep: list[Tensor], block: int) -> Tensor:
+    """How much the final class token draws on each output token of ``block`` that survives into the
+    next block (over ``keep[block + 1]``), by attention rollout (each attention map averaged over
+    batch and heads and mixed half and half with the identity for the residual path) through the
+    later blocks."""
+    sets = [*keep, torch.tensor([0])]  # after the last block only the class token matters
+    w = torch.ones(1)
+    for c in range(len(maps) - 1, block, -1):
+        w_out = torch.zeros(len(sets[c]))
+        w_out[_positions(sets[c], sets[c + 1])] = w
+        a = maps[c].mean(dim=(0, 1)).cpu()
+        w = w_out @ (0.5 * a + 0.5 * torch.eye(len(a)))
+    return w  # over sets[block + 1]
+
+
+def patch_significance(vit: VisionTransformer, keep: list[Tensor], block: int, images: Tensor) -> Tensor:
+    """Significance of every token that could enter ``block`` (those entering ``block - 1``), our reading
+    of S5: s_i = sum over heads of (sum_j w_j A_h[j, i] * |v_h,i|)^2, with A_h the block's attention over
+    all available tokens, v_h,i token i's value vector in head h, and w_j the rollout relevance of the
+    block's surviving outputs for the final class token."""
+    with torch.no_grad():
+        _, outs, maps = _run(vit, keep, images)
+        available = keep[block - 1]
+        x = outs[block - 1]  # output of the previous block: every available token
+        blk = vit.blocks[block]
+        _, attn = blk(x, need_weights=True)
+        B, n, _ = x.shape
+        v = blk.attn.qkv(blk.norm1(x)).reshape(B, n, 3, blk.attn.num_heads, blk.attn.head_dim)[:, :, 2]
+        v_norm = v.norm(dim=-1).mean(0).T.cpu()  # (heads, available tokens)
+        w = torch.zeros(len(available))
+        survivors = keep[block + 1] if block + 1 < len(keep) else torch.tensor([0])
+        w[_positions(available, survivors)] = _relevance(maps, keep, block)
+        flow = torch.einsum("j,hji->hi", w, attn.mean(0).cpu())  # (heads, available tokens)
+        return (flow * v_norm).pow(2).sum(0)
+
+
+@torch.no_grad()
+def _relative_error(vit: VisionTransformer, keep: list[Tensor], images: Tensor, target: Tensor) -> float:
+    out, _, _ = _run(vit, keep, images)
+    return float((out - target).norm() / target.norm())
+
+
+def patch_slimming(
+    vit: VisionTransformer,
+    sample: Tensor,
+    tolerance: float,
+    r0: int = 4,
+    finetune_steps: int = 0,
+    lr: float = 1e-4,
+) -> tuple[VisionTransformer, SlimmingResult]:
+    """Find nested keep sets top-down on ``sample`` images (S5); return a copy of ``vit`` (fine-tuned
+    block by block when ``finetune_steps`` > 0) and the sets.
+
+    After the last block only the class token is needed. For block b from the last down to 1, the set
+    of tokens entering it starts as the next block's set and grows by the ``r0`` most significant
+    available tokens (:func:`patch_significance`) until the logits on ``sample`` are within
+    ``tolerance`` (relative L2 error) of the unpruned model's. Block b is then trained for
+    ``finetune_steps`` Adam steps to bring the output back towards the original. Block 0 sees every
+    token: there is no earlier attention to judge patches by. The original ``vit`` is not changed.
+    """
+    if tolerance <= 0:
+        raise ValueError(f"tolerance must be a positive relative output error, not {tolerance}.")
+    if r0 < 1:
+        raise ValueError(f"r0 (tokens added per step) must be at least 1, not {r0}.")
+    model = copy.deepcopy(vit).eval()
+    L, everything = vit.cfg.depth, torch.arange(vit.cfg.num_tokens)
+    with torch.no_grad():
+        target = vit.eval()(sample)
+    keep = [everything.clone() for _ in range(L)]
+    errors: list[float] = []
+    for b in range(L - 1, 0, -1):
+        keep[b] = keep[b + 1].clone() if b + 1 < L else torch.tensor([0])
+        while (err := _relative_error(model, keep, sample, target)) > tolerance and len(keep[b]) < len(keep[b - 1]):
+            scores = patch_significance(model, keep, b, sample)
+            available = keep[b - 1]
+            scores[_positions(available, keep[b])] = -math.inf
+            add = available[scores.argsort(descending=True)[:r0]]
+            add = add[scores[_positions(available, add)] > -math.inf]
+            keep[b] = torch.cat([keep[b], add]).unique(sorted=True)
+        if finetune_steps:
+            _finetune_block(model, keep, b, sample, target, finetune_steps, lr)
+            err = _relative_error(model, keep, sample, target)
+        errors.append(err)
+    return model, SlimmingResult(keep, errors)
+
+
+def _finetune_block(
+    vit: VisionTransformer, keep: list[Tensor], block: int, sample: Tensor, target: Tensor, steps: int, lr: float
+) -> None:
+    params = list(vit.blocks[block].parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        out, _, _ = _run(vit, keep, sample)
+        loss = F.mse_loss(out, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in vit.parameters():
+        p.grad = None
