@@ -223,5 +223,5 @@ def test_relative_throughput_times_every_model_each_round(monkeypatch):
     monkeypatch.setattr(measure, "throughput", spy)
     fast, slow = nn.Flatten(), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)], nn.Flatten())
     rates = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
-    assert calls == [fast, slow, fast, slow]  # interleaved
+    assert calls == [fast, slow, slow, fast]  # interleaved, each round starting one model later
     assert rates["fast"] > rates["slow"] > 0

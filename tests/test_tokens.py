@@ -154,3 +154,15 @@ def test_schedule_step_and_wrapper():
         assert torch.equal(tokens.WithTokenStep(model, step)(X), model(X, token_step=step))
     with pytest.raises(ValueError, match="non-increasing"):
         tokens.schedule_step([50, 60, 20, 10])
+
+
+def test_tome_per_block_schedule():
+    model = _model()
+    schedule = tokens.tome_schedule(13, CFG.depth)
+    assert schedule == [4, 3, 3, 3] and sum(schedule) == 13
+    tome = tokens.ToMe(model, schedule)
+    assert tome.token_counts() == [50, 46, 43, 40]
+    with torch.no_grad():
+        assert tome(X).shape == (3, 10)
+    with pytest.raises(ValueError, match="one per block"):
+        tokens.ToMe(model, [1, 2])

@@ -265,14 +265,17 @@ def relative_throughput(
     """Best images per second of each model at one batch size, over ``rounds`` interleaved rounds.
 
     Every round times each model once, in turn, so a drift in the machine's speed (other load, clock
-    changes) affects all of them alike; the ratios between the results are what a notebook should
-    quote as speed-ups. Each timing is :func:`throughput` at ``batch_size``.
+    changes) affects all of them alike, and each round starts one model further along the list, so no
+    model always runs first. The ratios between the results are what a notebook should quote as
+    speed-ups. Each timing is :func:`throughput` at ``batch_size``.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}.")
     best: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, model in models.items():
+    names = list(models)
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            model = models[name]
             rate = throughput(model, input_shape, (batch_size,), device, warmup=warmup, iters=iters,
                               min_seconds=min_seconds).img_per_s
             if rate is None:

@@ -137,31 +137,48 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int) -> tuple[Te
     return xs / sizes, sizes
 
 
-class ToMe(nn.Module):
-    """A ViT that merges ``r`` tokens in every block (ToMe), sharing the weights of ``vit``.
+def tome_schedule(total: int, depth: int) -> list[int]:
+    """Spread ``total`` merges over ``depth`` blocks as evenly as possible, earlier blocks first."""
+    if total < 0:
+        raise ValueError(f"total merges must be >= 0, not {total}.")
+    base, extra = divmod(total, depth)
+    return [base + (1 if b < extra else 0) for b in range(depth)]
 
-    Inside each block: attention with proportional attention (log of each token's size added to the
-    attention logits, so a merged token counts as the patches it stands for), then bipartite merging on
-    the keys (mean over heads), then the MLP. ``r=0`` is the unchanged model.
+
+class ToMe(nn.Module):
+    """A ViT that merges tokens in every block (ToMe), sharing the weights of ``vit``.
+
+    ``r`` is the number of tokens merged per block, or a list with one count per block. Inside each
+    block: attention with proportional attention (log of each token's size added to the attention
+    logits, so a merged token counts as the patches it stands for), then bipartite merging on the keys
+    (mean over heads), then the MLP. ``r=0`` is the unchanged model.
     """
 
-    def __init__(self, vit: VisionTransformer, r: int) -> None:
+    def __init__(self, vit: VisionTransformer, r: int | Sequence[int]) -> None:
         super().__init__()
-        if r < 0:
-            raise ValueError(f"r (tokens merged per block) must be >= 0, not {r}.")
+        depth = vit.cfg.depth
+        schedule = [r] * depth if isinstance(r, int) else list(r)
+        if len(schedule) != depth:
+            raise ValueError(f"r has {len(schedule)} entries for {depth} blocks; give one per block.")
+        if min(schedule) < 0:
+            raise ValueError(f"r (tokens merged per block) must be >= 0, got {schedule}.")
         n = vit.cfg.num_tokens
-        for i in range(vit.cfg.depth):
-            if r > (n - 1) // 2:
+        for i, ri in enumerate(schedule):
+            if ri > (n - 1) // 2:
                 raise ValueError(
-                    f"r={r} merges more tokens than block {i} can pair: it has {n} tokens, so at most "
+                    f"r={ri} merges more tokens than block {i} can pair: it has {n} tokens, so at most "
                     f"{(n - 1) // 2} merges; use a smaller r."
                 )
-            n -= r
-        self.vit, self.r = vit, r
+            n -= ri
+        self.vit, self.schedule = vit, schedule
 
     def token_counts(self) -> list[int]:
-        n = self.vit.cfg.num_tokens
-        return [n - i * self.r for i in range(self.vit.cfg.depth)]
+        """Tokens entering each block (each block's MLP sees its count minus that block's merges)."""
+        counts, n = [], self.vit.cfg.num_tokens
+        for ri in self.schedule:
+            counts.append(n)
+            n -= ri
+        return counts
 
     def _attention(self, block: nn.Module, x: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
         attn_mod = block.attn
@@ -176,14 +193,14 @@ class ToMe(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         vit = self.vit
-        if self.r == 0:  # nothing to merge: exactly the unreduced model
+        if not any(self.schedule):  # nothing to merge: exactly the unreduced model
             return vit.forward_features(x)
         x = vit.embed(x)
         size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-        for block in vit.blocks:
+        for block, r in zip(vit.blocks, self.schedule):
             y, keys = self._attention(block, x, size)
             x = x + y
-            x, size = bipartite_merge(x, keys, size, self.r)
+            x, size = bipartite_merge(x, keys, size, r)
             x = x + block.mlp(block.norm2(x))
         return vit.norm(x)
 
