@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vitsurvey.strategies import quant
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+data = st.lists(finite, min_size=2, max_size=64).map(lambda v: torch.tensor(v))
+bits = st.integers(2, 8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data, bits, st.booleans(), st.sampled_from(["minmax", "percentile", "mse"]))
+def test_uniform_error_within_half_a_step_inside_the_range(x, b, symmetric, method):
+    q = quant.calibrate(x, b, symmetric=symmetric, method=method, percentile=99.0, grid=10)
+    lo, hi = q.clip_range()
+    inside = x.clamp(float(lo), float(hi))
+    assert ((q(inside) - inside).abs() <= q.scale / 2 * (1 + 1e-5) + 1e-6).all()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), bits, st.booleans())
+def test_per_channel_scales_and_error(out_ch, in_ch, b, symmetric):
+    w = torch.randn(out_ch, in_ch) * torch.logspace(-2, 2, out_ch)[:, None]
+    q = quant.calibrate(w, b, symmetric=symmetric, axis=0)
+    assert q.scale.shape == (out_ch,) and q.zero_point.shape == (out_ch,)
+    err = (q(w) - w).abs()
+    assert (err <= q.scale[:, None] / 2 * (1 + 1e-5) + 1e-6).all()  # min-max covers every channel
+
+
+def test_per_channel_beats_per_tensor_on_channels_of_different_range():
+    w = torch.randn(8, 64) * torch.logspace(-3, 1, 8)[:, None]
+    def relative_error(q):  # of each channel, relative to that channel's own power
+        return ((q(w) - w).pow(2).mean(1) / w.pow(2).mean(1))
+
+    per_tensor, per_channel = relative_error(quant.calibrate(w, 4)), relative_error(quant.calibrate(w, 4, axis=0))
+    assert per_tensor[0] > 0.9  # the narrowest channel rounds to zero under the shared scale
+    assert (per_channel < 0.05).all()
+
+
+def test_mse_and_percentile_calibration_handle_an_outlier():
+    x = torch.cat([torch.randn(2000), torch.tensor([80.0])])
+    minmax, mse = quant.calibrate(x, 4, method="minmax"), quant.calibrate(x, 4, method="mse")
+    pct = quant.calibrate(x, 4, method="percentile", percentile=99.9)
+    assert (mse(x) - x).pow(2).mean() <= (minmax(x) - x).pow(2).mean()
+    assert pct.scale < minmax.scale / 5
+
+
+def test_sixteen_bit_fake_quantization_is_near_identity():
+    x = torch.randn(1000)
+    q = quant.calibrate(x, 16, symmetric=False)
+    assert torch.allclose(q(x), x, atol=float(x.abs().max()) * 2e-5)
+
+
+def test_gradients_flow_straight_through():
+    x = torch.randn(50, requires_grad=True)
+    for q in (quant.calibrate(x, 4), quant.Log2Quantizer(4), quant.TwinUniform(0.01, 3, 6)):
+        x.grad = None
+        q(x.abs() if isinstance(q, quant.Log2Quantizer) else x).sum().backward()
+        assert x.grad is not None and torch.allclose(x.grad.abs(), torch.ones(50))
+
+
+@pytest.mark.parametrize("b", [2, 3, 4, 8])
+def test_log2_is_exact_on_powers_of_two(b):
+    q = quant.Log2Quantizer(b)
+    x = 2.0 ** -torch.arange(0, 2**b, dtype=torch.float32)
+    assert torch.equal(q(x), x)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.0, 1.0, exclude_min=True), st.integers(2, 6))
+def test_log2_error_within_half_a_step_in_the_log_domain(p, b):
+    q = quant.Log2Quantizer(b)
+    x = torch.tensor([p], dtype=torch.float32)
+    if p < 2.0 ** -q.qmax:  # below the smallest level: clipped
+        return
+    assert abs(math.log2(float(q(x))) - math.log2(p)) <= 0.5 + 1e-5
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 1, width=32), min_size=1, max_size=50), st.integers(3, 8), st.integers(0, 5))
+def test_twin_uniform_error_within_half_of_each_regions_step(values, b, k):
+    x = torch.tensor(values)
+    q = quant.TwinUniform(1.0 / (2 ** (b - 1) - 1) / 2**k, k, b)
+    (lo1, hi1), (lo2, hi2) = q.ranges()
+    x = x.clamp(lo2, hi2)
+    err = (q(x) - x).abs()
+    in_r1 = (x >= lo1) & (x <= hi1)
+    assert (err[in_r1] <= q.delta1 / 2 * (1 + 1e-5) + 1e-7).all()
+    assert (err[~in_r1] <= q.delta2 / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+def test_twin_uniform_calibration_beats_one_uniform_range_on_softmax_like_values():
+    probs = torch.softmax(torch.randn(64, 197) * 3, dim=-1).flatten()
+    twin = quant.TwinUniform.calibrate(probs, bits=6)
+    uniform = quant.calibrate(probs, 6, symmetric=False)
+    assert (twin(probs) - probs).pow(2).mean() < (uniform(probs) - probs).pow(2).mean()
+
+
+def test_power_of_two_factors_cover_every_channel():
+    x = torch.randn(32, 197, 16) * torch.logspace(-1, 1.5, 16)
+    q, alpha = quant.power_of_two_factors(x, bits=8, max_alpha=5)
+    assert alpha.shape == (16,) and alpha.min() >= 0 and alpha.max() <= 5
+    assert torch.equal(alpha, alpha.round())
+    assert torch.allclose(q.scale / q.scale.min(), 2 ** (alpha - alpha.min()))
+    assert ((q(x) - x).abs() <= q.scale / 2 * (1 + 1e-5) + 1e-6).all()
+
+
+@pytest.mark.parametrize("b", [0, 17, 3.5, -2])
+def test_invalid_bit_widths(b):
+    with pytest.raises(ValueError, match="bits must be an integer from 1 to 16"):
+        quant.calibrate(torch.randn(10), b)
+    with pytest.raises(ValueError, match="bits must be an integer"):
+        quant.Log2Quantizer(b)
+
+
+def test_empty_calibration_sets():
+    for call in (lambda: quant.calibrate(torch.empty(0)), lambda: quant.TwinUniform.calibrate(torch.empty(0)),
+                 lambda: quant.power_of_two_factors(torch.empty(0, 4))):
+        with pytest.raises(ValueError, match="empty"):
+            call()
+
+
+def test_unknown_calibration_method():
+    with pytest.raises(ValueError, match="minmax, percentile, mse"):
+        quant.calibrate(torch.randn(10), 8, method="kl")

@@ -1,0 +1,245 @@
+"""Quantization: uniform affine quantizers, their calibration, and the ViT-specific quantizers of PTQ4ViT and FQ-ViT.
+
+A b-bit uniform affine quantizer maps a real x to an integer q = clamp(round(x / s) + z, q_min, q_max) and back
+to x_hat = s (q - z). Inside the clipping range [s (q_min - z), s (q_max - z)] the rounding error is at most
+s / 2, half a step; outside it, values are clipped. ``symmetric`` fixes z = 0 and a signed range;
+``per_channel_axis`` gives every channel its own scale (and zero point).
+
+Calibration chooses the clipping range from data: ``minmax`` (the observed extremes), ``percentile`` (ignore
+the most extreme values), or ``mse`` (search the range that minimises the squared quantization error).
+
+ViT-specific quantizers, for the distributions that uniform quantizers serve badly:
+
+* :class:`Log2Quantizer` for post-softmax attention probabilities, which follow a power law: x_hat = 2^-q
+  (FQ-ViT's log2 quantizer); exact on powers of two, and its error is half a step in the log domain.
+* :class:`TwinUniform` for post-softmax and post-GELU values (PTQ4ViT): two uniform ranges, a fine one
+  for the many small values and a coarse one (its step a power-of-two multiple of the fine one) for the few
+  large ones.
+* :func:`power_of_two_factors` for LayerNorm inputs, whose channels differ in range by orders of magnitude
+  (FQ-ViT's power-of-two factor): one layer-wide scale times a per-channel 2^alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+METHODS = ("minmax", "percentile", "mse")
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an integer from 1 to 16, got {bits!r}.")
+
+
+def _check_data(x: Tensor) -> None:
+    if x.numel() == 0:
+        raise ValueError("Cannot calibrate on an empty tensor: pass at least one calibration value.")
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """The integer range of a b-bit code: [-2^(b-1), 2^(b-1) - 1] signed, [0, 2^b - 1] unsigned."""
+    _check_bits(bits)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+@dataclass
+class UniformQuantizer:
+    """Scale and zero point of a uniform affine quantizer (per tensor, or per channel along ``axis``)."""
+
+    scale: Tensor
+    zero_point: Tensor
+    bits: int
+    signed: bool
+    axis: int | None = None
+
+    @property
+    def qmin(self) -> int:
+        return qrange(self.bits, self.signed)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qrange(self.bits, self.signed)[1]
+
+    def _shape(self, t: Tensor, x: Tensor) -> Tensor:
+        if self.axis is None:
+            return t
+        shape = [1] * x.dim()
+        shape[self.axis] = -1
+        return t.view(shape)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        s, z = self._shape(self.scale, x), self._shape(self.zero_point, x)
+        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax)
+
+    def dequantize(self, q: Tensor) -> Tensor:
+        return self._shape(self.scale, q) * (q - self._shape(self.zero_point, q))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Fake quantization: quantize and dequantize, with a straight-through gradient (d x_hat / dx = 1)."""
+        x_hat = self.dequantize(self.quantize(x))
+        return x + (x_hat - x).detach()
+
+    def clip_range(self) -> tuple[Tensor, Tensor]:
+        """The smallest and largest representable values (per channel when ``axis`` is set)."""
+        return self.scale * (self.qmin - self.zero_point), self.scale * (self.qmax - self.zero_point)
+
+
+def _from_range(lo: Tensor, hi: Tensor, bits: int, symmetric: bool, axis: int | None) -> UniformQuantizer:
+    qmin, qmax = qrange(bits, symmetric)
+    eps = torch.finfo(torch.float32).tiny
+    if symmetric:
+        bound = torch.maximum(lo.abs(), hi.abs())
+        scale = torch.clamp(bound / max(qmax, 1), min=eps)
+        zero = torch.zeros_like(scale)
+    else:
+        lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+        scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
+        zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    return UniformQuantizer(scale.float(), zero.float(), bits, symmetric, axis)
+
+
+def _reduce(x: Tensor, axis: int | None, fn: str, q: float | None = None) -> Tensor:
+    flat = x.flatten() if axis is None else x.transpose(0, axis).reshape(x.shape[axis], -1)
+    if fn == "quantile":
+        return torch.quantile(flat.float(), q, dim=-1) if axis is not None else torch.quantile(flat.float(), q)
+    return getattr(flat, fn)(dim=-1).values if axis is not None else getattr(flat, fn)()
+
+
+def calibrate(
+    x: Tensor,
+    bits: int = 8,
+    symmetric: bool = True,
+    axis: int | None = None,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    grid: int = 80,
+) -> UniformQuantizer:
+    """A uniform quantizer for data like ``x``, its clipping range chosen by ``method``.
+
+    ``percentile`` clips at the given percentile of each end; ``mse`` tries ``grid`` shrinkings of the
+    min-max range and keeps the one with the smallest squared error on ``x`` (per channel when ``axis``).
+    """
+    _check_bits(bits)
+    _check_data(x)
+    if method not in METHODS:
+        raise ValueError(f"Unknown calibration method {method!r}; use one of {', '.join(METHODS)}.")
+    x = x.detach().float()
+    if method == "percentile":
+        if not 50 < percentile <= 100:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile}.")
+        lo = _reduce(x, axis, "quantile", 1 - percentile / 100)
+        hi = _reduce(x, axis, "quantile", percentile / 100)
+        return _from_range(lo, hi, bits, symmetric, axis)
+    lo, hi = _reduce(x, axis, "min"), _reduce(x, axis, "max")
+    if method == "minmax":
+        return _from_range(lo, hi, bits, symmetric, axis)
+    best, best_err = None, None
+    for k in range(grid):
+        shrink = 1 - k / grid
+        quant = _from_range(lo * shrink, hi * shrink, bits, symmetric, axis)
+        err = (quant(x) - x).pow(2)
+        err = err.mean() if axis is None else err.transpose(0, axis).reshape(x.shape[axis], -1).mean(-1)
+        if best is None:
+            best, best_err = quant, err
+            continue
+        better = err < best_err
+        best.scale = torch.where(better, quant.scale, best.scale)
+        best.zero_point = torch.where(better, quant.zero_point, best.zero_point)
+        best_err = torch.minimum(err, best_err)
+    assert best is not None
+    return best
+
+
+class Log2Quantizer:
+    """x_hat = 2^-q, q = clamp(round(-log2 x), 0, 2^b - 1), for values in (0, 1] such as attention
+    probabilities; values below 2^-(2^b - 1) map to the smallest level (FQ-ViT uses them as zero)."""
+
+    def __init__(self, bits: int = 4) -> None:
+        _check_bits(bits)
+        self.bits = bits
+        self.qmax = 2**bits - 1
+
+    def quantize(self, x: Tensor) -> Tensor:
+        tiny = 2.0 ** -(self.qmax + 1)
+        return torch.clamp(torch.round(-torch.log2(x.clamp(min=tiny))), 0, self.qmax)
+
+    def dequantize(self, q: Tensor) -> Tensor:
+        return torch.pow(2.0, -q)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x_hat = self.dequantize(self.quantize(x))
+        return x + (x_hat - x).detach()
+
+
+class TwinUniform:
+    """PTQ4ViT's twin uniform quantizer for non-negative-heavy activations (softmax, GELU outputs).
+
+    Two ranges share the b-bit code: R1 = [lo1, hi1] with a fine step ``delta1`` for the dense bulk of
+    small values, and R2 with the coarse step ``delta2 = 2^k delta1`` for the rare large ones. Each value
+    uses R1 when it lies inside R1, else R2; one bit of the code says which. ``signed`` allows negative
+    values (post-GELU): then both ranges are symmetric around zero.
+    """
+
+    def __init__(self, delta1: float, k: int, bits: int = 8, signed: bool = False) -> None:
+        _check_bits(bits)
+        if bits < 2:
+            raise ValueError("TwinUniform needs at least 2 bits (one selects the range).")
+        if delta1 <= 0 or k < 0:
+            raise ValueError(f"delta1 must be positive and k >= 0, got delta1={delta1}, k={k}.")
+        self.bits, self.signed, self.k = bits, signed, k
+        self.delta1, self.delta2 = float(delta1), float(delta1) * 2**k
+        self.qmin, self.qmax = qrange(bits - 1, signed)  # one bit selects R1 or R2
+
+    def ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((self.delta1 * self.qmin, self.delta1 * self.qmax), (self.delta2 * self.qmin, self.delta2 * self.qmax))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        (lo1, hi1), _ = self.ranges()
+        fine = torch.clamp(torch.round(x / self.delta1), self.qmin, self.qmax) * self.delta1
+        coarse = torch.clamp(torch.round(x / self.delta2), self.qmin, self.qmax) * self.delta2
+        x_hat = torch.where((x >= lo1) & (x <= hi1), fine, coarse)
+        return x + (x_hat - x).detach()
+
+    @classmethod
+    def calibrate(cls, x: Tensor, bits: int = 8, signed: bool = False, max_k: int = 8) -> TwinUniform:
+        """Choose delta2 to cover the data and k (so delta1 = delta2 / 2^k) by the smallest squared error."""
+        _check_bits(bits)
+        _check_data(x)
+        x = x.detach().float()
+        qmax = qrange(bits - 1, signed)[1]
+        delta2 = max(float(x.abs().max()) / qmax, torch.finfo(torch.float32).tiny)
+        best, best_err = None, math.inf
+        for k in range(max_k + 1):
+            q = cls(delta2 / 2**k, k, bits, signed)
+            err = float((q(x) - x).pow(2).mean())
+            if err < best_err:
+                best, best_err = q, err
+        assert best is not None
+        return best
+
+
+def power_of_two_factors(x: Tensor, bits: int = 8, max_alpha: int = 4) -> tuple[UniformQuantizer, Tensor]:
+    """FQ-ViT's power-of-two factor for LayerNorm inputs ``x`` of shape (..., channels).
+
+    One layer-wide base scale ``s`` (the widest channel's step divided by 2^max_alpha); channel c uses
+    ``s * 2^alpha_c``, alpha_c in 0..max_alpha the smallest power that covers its range. Integer hardware
+    applies 2^alpha_c as a bit shift, so the layer keeps a single scale while wide channels are not clipped
+    and narrow ones keep fine steps.
+    Returns the per-channel quantizer (scales ``s * 2^alpha``, asymmetric) and ``alpha``.
+    """
+    _check_bits(bits)
+    _check_data(x)
+    flat = x.detach().float().reshape(-1, x.shape[-1])
+    lo, hi = flat.min(0).values, flat.max(0).values
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    qmin, qmax = qrange(bits, signed=False)
+    need = torch.clamp((hi - lo) / (qmax - qmin), min=torch.finfo(torch.float32).tiny)
+    base = need.max() / 2**max_alpha
+    alpha = torch.clamp(torch.ceil(torch.log2(need / base)), 0, max_alpha)
+    scale = base * 2**alpha
+    zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    return UniformQuantizer(scale, zero, bits, signed=False, axis=x.dim() - 1), alpha
