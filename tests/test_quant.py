@@ -127,3 +127,66 @@ def test_empty_calibration_sets():
 def test_unknown_calibration_method():
     with pytest.raises(ValueError, match="minmax, percentile, mse"):
         quant.calibrate(torch.randn(10), 8, method="kl")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small ViT trained for a few seconds on the synthetic set, and its test loader."""
+    from vitsurvey import data, train
+    from vitsurvey.models import VisionTransformer
+    from vitsurvey.profiles import PROFILES
+
+    p = PROFILES["smoke"].replace(dataset="synthetic", train_samples=1024, test_samples=256, epochs=4,
+                                  batch_size=32, lr=3e-3, augment=False)
+    model = VisionTransformer(train.baseline_config(p))
+    tr, te = data.loaders(p)
+    train.fit(model, tr, te, p, log=None)
+    return model.eval(), te
+
+
+def test_quantized_vit_error_shrinks_with_bits_and_vanishes_at_sixteen(tiny):
+    model, test = tiny
+    images = next(iter(test))[0][:64]
+    with torch.no_grad():
+        ref = model(images)
+        errors = {}
+        for b in (4, 8, 16):
+            qvit = quant.QuantViT(model, quant.QuantConfig(w_bits=b, a_bits=b)).calibrate(images)
+            errors[b] = float((qvit(images) - ref).norm() / ref.norm())
+    assert errors[16] < 1e-3 < errors[8] < errors[4]
+
+
+@pytest.mark.parametrize("config", [
+    quant.QuantConfig(softmax="log2"), quant.QuantConfig(softmax="twin", gelu="twin"), quant.QuantConfig(layernorm="ptf"),
+    quant.QuantConfig(calibration="percentile"),
+])
+def test_vit_specific_quantizers_run_and_stay_close_at_eight_bits(tiny, config):
+    model, test = tiny
+    images = next(iter(test))[0][:64]
+    with torch.no_grad():
+        ref = model(images)
+        out = quant.QuantViT(model, config).calibrate(images)(images)
+    assert float((out - ref).norm() / ref.norm()) < 0.2
+
+
+def test_quantization_aware_training_gets_gradients(tiny):
+    import copy
+
+    model, test = copy.deepcopy(tiny[0]), tiny[1]
+    images, labels = next(iter(test))
+    qvit = quant.QuantViT(model.train(), quant.QuantConfig(4, 4)).calibrate(images[:32])
+    torch.nn.functional.cross_entropy(qvit(images[:32]), labels[:32]).backward()
+    grads = [p.grad for p in model.blocks.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_quantized_vit_needs_calibration_and_valid_settings(tiny):
+    model, _ = tiny
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        quant.QuantViT(model, quant.QuantConfig())(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="empty"):
+        quant.QuantViT(model, quant.QuantConfig()).calibrate(torch.empty(0, 1, 28, 28))
+    with pytest.raises(ValueError, match="Unknown softmax quantizer"):
+        quant.QuantConfig(softmax="exp")
+    with pytest.raises(ValueError, match="bits must be"):
+        quant.QuantConfig(w_bits=0)

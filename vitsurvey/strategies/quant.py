@@ -242,4 +242,111 @@ def power_of_two_factors(x: Tensor, bits: int = 8, max_alpha: int = 4) -> tuple[
     alpha = torch.clamp(torch.ceil(torch.log2(need / base)), 0, max_alpha)
     scale = base * 2**alpha
     zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
-    return UniformQuantizer(scale, zero, bits, signed=False, axis=x.dim() - 1), alpha
+    return UniformQuantizer(scale, zero, bits, signed=False, axis=-1), alpha
+
+
+# --------------------------------------------------------------------------- a fake-quantized ViT
+
+SOFTMAX_CHOICES = ("uniform", "log2", "twin")
+GELU_CHOICES = ("uniform", "twin")
+LAYERNORM_CHOICES = ("uniform", "ptf")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how. Weights: symmetric, per output channel. Activations: per tensor,
+    asymmetric, except where a ViT-specific quantizer is chosen for softmax, GELU or LayerNorm inputs."""
+
+    w_bits: int = 8
+    a_bits: int = 8
+    calibration: str = "minmax"
+    softmax: str = "uniform"
+    gelu: str = "uniform"
+    layernorm: str = "uniform"
+
+    def __post_init__(self) -> None:
+        _check_bits(self.w_bits)
+        _check_bits(self.a_bits)
+        for name, value, choices in (("calibration", self.calibration, METHODS), ("softmax", self.softmax, SOFTMAX_CHOICES),
+                                     ("gelu", self.gelu, GELU_CHOICES), ("layernorm", self.layernorm, LAYERNORM_CHOICES)):
+            if value not in choices:
+                raise ValueError(f"Unknown {name} quantizer {value!r}; use one of {', '.join(choices)}.")
+
+
+class QuantViT(torch.nn.Module):
+    """Simulated (fake) quantization of a :class:`~vitsurvey.models.VisionTransformer`, attention included.
+
+    Quantized in every block: the weights of QKV, projection and both MLP layers; the inputs of those four
+    layers; the LayerNorm inputs (the residual stream); queries, keys and values; the attention
+    probabilities; the GELU outputs. Patch embedding and head stay in floating point, as in PTQ4ViT and
+    FQ-ViT. Call :meth:`calibrate` on a few images first. Every quantizer passes gradients straight
+    through, so the same module serves quantization-aware training (the float weights are the ones trained).
+    """
+
+    def __init__(self, vit: torch.nn.Module, config: QuantConfig) -> None:
+        super().__init__()
+        self.vit, self.config = vit, config
+        self.quantizers: dict[str, object] | None = None
+
+    def _blocks(self, x: Tensor, q, collect: dict[str, list[Tensor]] | None) -> Tensor:  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        def site(name: str, t: Tensor) -> Tensor:
+            if collect is not None:
+                collect.setdefault(name, []).append(t.detach())
+                return t
+            return q[name](t)
+
+        def weight(name: str, w: Tensor) -> Tensor:
+            return w if collect is not None else q[name](w)
+
+        for i, blk in enumerate(self.vit.blocks):
+            p = f"{i}."
+            att = blk.attn
+            B, N, _ = x.shape
+            h = blk.norm1(site(p + "ln1_in", x))
+            qkv = F.linear(site(p + "qkv_in", h), weight(p + "qkv_w", att.qkv.weight), att.qkv.bias)
+            qq, kk, vv = qkv.reshape(B, N, 3, att.num_heads, att.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            qq, kk, vv = site(p + "q", qq), site(p + "k", kk), site(p + "v", vv)
+            probs = site(p + "attn", ((qq * att.scale) @ kk.transpose(-2, -1)).softmax(dim=-1))
+            out = (probs @ vv).transpose(1, 2).reshape(B, N, att.num_heads * att.head_dim)
+            x = x + F.linear(site(p + "proj_in", out), weight(p + "proj_w", att.proj.weight), att.proj.bias)
+            h = blk.norm2(site(p + "ln2_in", x))
+            h = blk.mlp.act(F.linear(site(p + "fc1_in", h), weight(p + "fc1_w", blk.mlp.fc1.weight), blk.mlp.fc1.bias))
+            x = x + F.linear(site(p + "gelu_out", h), weight(p + "fc2_w", blk.mlp.fc2.weight), blk.mlp.fc2.bias)
+        return x
+
+    @torch.no_grad()
+    def calibrate(self, images: Tensor) -> QuantViT:
+        """Choose every quantizer's range from the activations and weights seen on ``images``."""
+        _check_data(images)
+        c = self.config
+        seen: dict[str, list[Tensor]] = {}
+        was_training = self.vit.training
+        self.vit.eval()
+        self._blocks(self.vit.embed(images), None, seen)
+        self.vit.train(was_training)
+        q: dict[str, object] = {}
+        for name, parts in seen.items():
+            t = torch.cat([p.flatten(0, 1) if p.dim() > 2 else p for p in parts])
+            kind = name.split(".", 1)[1]
+            if kind == "attn" and c.softmax == "log2":
+                q[name] = Log2Quantizer(c.a_bits)
+            elif (kind == "attn" and c.softmax == "twin") or (kind == "gelu_out" and c.gelu == "twin"):
+                q[name] = TwinUniform.calibrate(t, c.a_bits, signed=kind == "gelu_out")
+            elif kind.startswith("ln") and c.layernorm == "ptf":
+                q[name] = power_of_two_factors(t, c.a_bits)[0]
+            else:
+                q[name] = calibrate(t, c.a_bits, symmetric=False, method=c.calibration)
+        for i, blk in enumerate(self.vit.blocks):
+            for key, w in (("qkv_w", blk.attn.qkv.weight), ("proj_w", blk.attn.proj.weight),
+                           ("fc1_w", blk.mlp.fc1.weight), ("fc2_w", blk.mlp.fc2.weight)):
+                q[f"{i}.{key}"] = calibrate(w, c.w_bits, symmetric=True, axis=0, method=c.calibration)
+        self.quantizers = q
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.quantizers is None:
+            raise RuntimeError("QuantViT is not calibrated: call .calibrate(images) with a few images first.")
+        tokens = self._blocks(self.vit.embed(x), self.quantizers, None)
+        return self.vit.forward_head(self.vit.norm(tokens))
