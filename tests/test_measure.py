@@ -225,3 +225,9 @@ def test_relative_throughput_times_every_model_each_round(monkeypatch):
     rates = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
     assert calls == [fast, slow, slow, fast]  # interleaved, each round starting one model later
     assert rates["fast"] > rates["slow"] > 0
+
+
+def test_serialized_bytes_grow_with_parameters():
+    small, large = nn.Linear(10, 10), nn.Linear(100, 100)
+    assert 440 < measure.serialized_bytes(small) < measure.serialized_bytes(large)
+    assert measure.serialized_bytes(large) >= 4 * 10_100

@@ -190,3 +190,26 @@ def test_quantized_vit_needs_calibration_and_valid_settings(tiny):
         quant.QuantConfig(softmax="exp")
     with pytest.raises(ValueError, match="bits must be"):
         quant.QuantConfig(w_bits=0)
+
+
+def test_activations_cover_every_site(tiny):
+    model, test = tiny
+    acts = quant.QuantViT(model, quant.QuantConfig()).activations(next(iter(test))[0][:8])
+    sites = {name.split(".", 1)[1] for name in acts}
+    assert sites == {"ln1_in", "qkv_in", "q", "k", "v", "attn", "proj_in", "ln2_in", "fc1_in", "gelu_out"}
+    assert len(acts) == 10 * len(model.blocks)
+    attn = acts["0.attn"]
+    assert torch.allclose(attn.sum(-1), torch.ones_like(attn.sum(-1)), atol=1e-5)
+
+
+def test_dynamic_int8_is_real_int8_and_close(tiny):
+    from vitsurvey import measure
+
+    model, test = tiny
+    images = next(iter(test))[0][:32]
+    int8 = quant.dynamic_int8(model)
+    with torch.no_grad():
+        ref, out = model(images), int8(images)
+    assert float((out - ref).norm() / ref.norm()) < 0.1
+    assert measure.serialized_bytes(int8) < measure.serialized_bytes(model)
+    assert any("quantized" in type(m).__module__ for m in int8.modules())

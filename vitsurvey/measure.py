@@ -47,6 +47,15 @@ def model_size_bytes(model: nn.Module, bits: int = 32) -> int:
     return math.ceil(count_params(model, trainable_only=False) * bits / 8)
 
 
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict as ``torch.save`` writes it (what a file on disk holds)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
 # --------------------------------------------------------------------------- MACs (fvcore)
 
 

@@ -74,6 +74,8 @@ class Profile:
     slim_sample: int = 64
     """Training images on which Patch Slimming chooses its keep sets."""
     slim_finetune_steps: int = 10
+    calib_samples: int = 256
+    """Training images used to calibrate post-training quantization."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -118,6 +120,7 @@ PROFILES: dict[str, Profile] = {
         slim_tolerances=(0.1, 0.3),
         slim_sample=16,
         slim_finetune_steps=2,
+        calib_samples=32,
         protocol_models=("vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet50"),
         s3_models=2,
     ),

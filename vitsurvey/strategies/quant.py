@@ -317,18 +317,24 @@ class QuantViT(torch.nn.Module):
         return x
 
     @torch.no_grad()
-    def calibrate(self, images: Tensor) -> QuantViT:
-        """Choose every quantizer's range from the activations and weights seen on ``images``."""
+    def activations(self, images: Tensor) -> dict[str, Tensor]:
+        """The floating-point tensors at every quantization site on ``images``, keyed ``"<block>.<site>"``
+        (sites: ln1_in, qkv_in, q, k, v, attn, proj_in, ln2_in, fc1_in, gelu_out)."""
         _check_data(images)
-        c = self.config
         seen: dict[str, list[Tensor]] = {}
         was_training = self.vit.training
         self.vit.eval()
         self._blocks(self.vit.embed(images), None, seen)
         self.vit.train(was_training)
+        return {name: torch.cat(parts) for name, parts in seen.items()}
+
+    @torch.no_grad()
+    def calibrate(self, images: Tensor) -> QuantViT:
+        """Choose every quantizer's range from the activations and weights seen on ``images``."""
+        c = self.config
         q: dict[str, object] = {}
-        for name, parts in seen.items():
-            t = torch.cat([p.flatten(0, 1) if p.dim() > 2 else p for p in parts])
+        for name, t in self.activations(images).items():
+            t = t.flatten(0, 1) if t.dim() > 2 else t
             kind = name.split(".", 1)[1]
             if kind == "attn" and c.softmax == "log2":
                 q[name] = Log2Quantizer(c.a_bits)
@@ -350,3 +356,20 @@ class QuantViT(torch.nn.Module):
             raise RuntimeError("QuantViT is not calibrated: call .calibrate(images) with a few images first.")
         tokens = self._blocks(self.vit.embed(x), self.quantizers, None)
         return self.vit.forward_head(self.vit.norm(tokens))
+
+
+def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers run as real int8 kernels on the CPU (torch.ao dynamic
+    quantization: int8 weights, activations quantized on the fly per batch).
+
+    torch marks this API as deprecated in favour of torchao and warns on every call; the warnings are
+    silenced here, once, because the API still works and is the CPU int8 path that ships with torch.
+    """
+    import copy
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
