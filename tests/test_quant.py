@@ -213,3 +213,13 @@ def test_dynamic_int8_is_real_int8_and_close(tiny):
     assert float((out - ref).norm() / ref.norm()) < 0.1
     assert measure.serialized_bytes(int8) < measure.serialized_bytes(model)
     assert any("quantized" in type(m).__module__ for m in int8.modules())
+
+
+def test_torchao_int8_is_close(tiny):
+    pytest.importorskip("torchao")
+    model, test = tiny
+    images = next(iter(test))[0][:32]
+    int8 = quant.torchao_int8(model, compile=False)
+    with torch.no_grad():
+        ref, out = model(images), int8(images)
+    assert float((out - ref).norm() / ref.norm()) < 0.1

@@ -76,6 +76,8 @@ class Profile:
     slim_finetune_steps: int = 10
     calib_samples: int = 256
     """Training images used to calibrate post-training quantization."""
+    compile_int8: bool = True
+    """Whether notebook 08 compiles torchao's int8 model (torch.compile takes about half a minute on a CPU)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -121,6 +123,7 @@ PROFILES: dict[str, Profile] = {
         slim_sample=16,
         slim_finetune_steps=2,
         calib_samples=32,
+        compile_int8=False,
         protocol_models=("vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet50"),
         s3_models=2,
     ),

@@ -373,3 +373,51 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def compiled(model: torch.nn.Module, example: Tensor) -> torch.nn.Module:
+    """``torch.compile(model)``, compiled now by one run on ``example`` (its notices silenced), so that
+    timings compare compiled int8 against compiled fp32."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = torch.compile(model.eval())
+        with torch.inference_mode():
+            fast(example)
+    return fast
+
+
+def torchao_int8(model: torch.nn.Module, example: Tensor | None = None, compile: bool = True) -> torch.nn.Module:
+    """A copy of ``model`` with int8 weights and dynamically quantized int8 activations in every
+    ``nn.Linear`` (torchao's ``Int8DynamicActivationInt8WeightConfig``), compiled with ``torch.compile``
+    so that the integer matrix products run as fused kernels (eager torchao is slower than fp32).
+
+    With ``example``, the compiled model is run once on it here, so compilation happens now and its
+    one-time notices (torchao's optional CUDA extensions failing to load on a CPU build, torch.compile's
+    caching hints) stay out of the caller's output. Raises ImportError when torchao is not installed.
+    """
+    import copy
+    import logging
+    import warnings
+
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+            quantized = copy.deepcopy(model).eval()
+            quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+            if compile:
+                quantized = torch.compile(quantized)
+                if example is not None:
+                    with torch.inference_mode():
+                        quantized(example)
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    return quantized
