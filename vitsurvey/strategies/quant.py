@@ -376,8 +376,8 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def compiled(model: torch.nn.Module, example: Tensor) -> torch.nn.Module:
-    """``torch.compile(model)``, compiled now by one run on ``example`` (its notices silenced), so that
-    timings compare compiled int8 against compiled fp32."""
+    """``torch.compile(model)``, compiled now by one run on ``example`` with its one-time notices silenced
+    (so that timings compare compiled int8 against compiled fp32, and no caller's output shows them)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -412,12 +412,9 @@ def torchao_int8(model: torch.nn.Module, example: Tensor | None = None, compile:
 
             quantized = copy.deepcopy(model).eval()
             quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
-            if compile:
-                quantized = torch.compile(quantized)
-                if example is not None:
-                    with torch.inference_mode():
-                        quantized(example)
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
-    return quantized
+    if not compile:
+        return quantized
+    return compiled(quantized, example) if example is not None else torch.compile(quantized)
