@@ -240,16 +240,22 @@ class SlimmingResult:
 
 
 def _run(vit: VisionTransformer, keep: list[Tensor], images: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Logits with the keep sets applied, each block's output tokens, and each block's attention."""
-    x = vit.embed(images)[:, keep[0].to(images.device)]
-    outs, maps = [], []
-    for b, block in enumerate(vit.blocks):
-        if b > 0:
-            x = x[:, _positions(keep[b - 1], keep[b]).to(x.device)]
-        x, attn = block(x, need_weights=True)
+    """Logits with the keep sets applied, each block's output tokens, and each block's attention.
+
+    The model's own forward does the work; a token step records each block's output and attention,
+    then gathers the next block's tokens. ``keep[0]`` is every token (block 0 sees all of them).
+    """
+    outs: list[Tensor] = []
+    maps: list[Tensor] = []
+    gather = SlimmingResult(keep, []).token_step()
+
+    def record(i: int, x: Tensor, attn: Tensor) -> Tensor:
         outs.append(x)
         maps.append(attn)
-    return vit.forward_head(vit.norm(x)), outs, maps
+        return gather(i, x, attn)
+
+    tokens = vit.forward_features(images, token_step=record)
+    return vit.forward_head(tokens), outs, maps
 
 
 def _relevance(maps: list[Tensor], keep: list[Tensor], block: int) -> Tensor:
