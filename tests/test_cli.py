@@ -26,6 +26,23 @@ def test_profile_img_size(capsys):
     assert "at 32 px" in capsys.readouterr().out
 
 
+def test_profile_img_size_of_a_cnn(capsys):
+    # ResNet-50's constructor takes no img_size; it runs at any size as built
+    assert main(["profile", "resnet50", "--img-size", "64", "--profile", "smoke", "--batch-size", "1"]) == 0
+    assert "resnet50 at 64 px" in capsys.readouterr().out
+
+
+def test_doctor_says_which_data_each_profile_uses(tmp_path, monkeypatch, capsys):
+    from vitsurvey import data
+
+    monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
+    monkeypatch.setenv(data.ENV_OFFLINE, "1")
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
+    assert main(["doctor"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[-4:-1]}
+    assert "subset" in lines["smoke"] and "subset" in lines["cpu"] and "not found" in lines["cpu"]
+
+
 def test_profile_unknown_model(capsys):
     assert main(["profile", "vit_tiny_patch16_2", "--profile", "smoke"]) == 2
     assert "Did you mean: vit_tiny_patch16_224" in capsys.readouterr().err

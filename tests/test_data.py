@@ -166,10 +166,80 @@ def test_loaders_follow_the_profile(tmp_path):
 def test_find_all_reports_locations(tmp_path, monkeypatch):
     monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
     monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
-    assert set(data.find_all().values()) == {"not found"}
+    found = data.find_all()
+    assert found.pop("fashion_mnist_subset") == "shipped with vitsurvey"
+    assert set(found.values()) == {"not found"}
     _write_fmnist(tmp_path / "FashionMNIST" / "raw")
     _write_cifar(tmp_path, "cifar100")
     found = data.find_all()
     assert found["fashion_mnist"] == str(tmp_path / "FashionMNIST" / "raw")
     assert found["cifar100"] == str(tmp_path / "cifar-100-python")
     assert found["cifar10"] == "not found"
+
+
+# --------------------------------------------------------------------------- the shipped subset and the fallback
+
+
+def test_shipped_subset_is_balanced_and_matches_its_selection_file():
+    for split, per_class in data.SUBSET_PER_CLASS.items():
+        ds = data.load("fashion_mnist_subset", split)
+        labels = ds.tensors[1].numpy()
+        assert ds.tensors[0].shape == (10 * per_class, 1, 28, 28)
+        assert np.bincount(labels).tolist() == [per_class] * 10
+        selection = np.genfromtxt(data.EMBEDDED_DIR / "selection.csv", delimiter=",", dtype=None,
+                                  names=True, encoding="utf-8")
+        rows = selection[selection["split"] == split]
+        assert len(rows) == 10 * per_class and (rows["label"] == labels).all()
+        assert (np.diff(rows["source_index"]) > 0).all()  # sorted, no repeats
+
+
+def test_build_subset_is_seeded_balanced_and_byte_reproducible(tmp_path):
+    arrays = _write_fmnist(tmp_path / "src" / "fashion-mnist", n_train=60, n_test=30)
+    per_class = {"train": 4, "test": 2}
+    picked = data.build_subset(tmp_path / "src", tmp_path / "a", per_class, seed=3)
+    data.build_subset(tmp_path / "src", tmp_path / "b", per_class, seed=3)
+    for f in (tmp_path / "a").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+    images = data.read_idx(tmp_path / "a" / "train-images-idx3-ubyte.gz")
+    assert (images == arrays["train"][0][picked["train"]]).all()
+    assert np.bincount(arrays["train"][1][picked["train"]]).tolist() == [4] * 10
+    other = data.build_subset(tmp_path / "src", tmp_path / "c", per_class, seed=4)
+    assert not np.array_equal(other["train"], picked["train"])
+    with pytest.raises(ValueError, match="fewer than"):
+        data.build_subset(tmp_path / "src", tmp_path / "d", {"train": 7, "test": 1})
+
+
+def test_profiles_fall_back_to_the_shipped_subset_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
+    monkeypatch.setenv(data.ENV_OFFLINE, "1")
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
+    used = data.resolve(PROFILES["cpu"])
+    assert used.dataset == "fashion_mnist_subset" and used.train_samples is None
+    assert "subset" in data.describe(used.dataset)
+    train, test = data.loaders(used.replace(batch_size=500))
+    assert len(train.dataset) == 6000 and len(test.dataset) == 2000
+    _write_fmnist(tmp_path / "FashionMNIST" / "raw")  # once the full set is there, it is used
+    assert data.resolve(PROFILES["cpu"]) is PROFILES["cpu"]
+
+
+def test_a_failed_download_falls_back_instead_of_failing(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
+    monkeypatch.delenv(data.ENV_OFFLINE, raising=False)
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
+
+    def no_network(name, root):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data, "_download", no_network)
+    assert not data.available("fashion_mnist")
+    assert data.resolve(PROFILES["gpu"]).dataset == "fashion_mnist_subset"
+
+
+def test_smoke_profile_needs_no_data_set(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_ROOT, str(tmp_path))
+    monkeypatch.setenv(data.ENV_OFFLINE, "1")
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "nothing-here")
+    smoke = PROFILES["smoke"]
+    assert smoke.dataset == "fashion_mnist_subset" and data.resolve(smoke) is smoke
+    train, test = data.loaders(smoke)
+    assert len(train.dataset) == smoke.train_samples and len(test.dataset) == smoke.test_samples

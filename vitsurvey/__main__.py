@@ -41,15 +41,26 @@ def doctor(_: argparse.Namespace) -> int:
     print(f"  measuring on:   {results.device_name()}")
     print("data sets")
     for name, where in data.find_all().items():
-        print(f"  {name:<14} {where}")
-    print(f"  downloads:      {'off ($VITSURVEY_OFFLINE)' if data.offline() else 'allowed'}, into {data.default_root()}")
+        print(f"  {name:<20} {where}")
+    print(f"  downloads:            {'off ($VITSURVEY_OFFLINE)' if data.offline() else 'allowed'}, into {data.default_root()}")
     env = os.environ.get(profiles.ENV_VAR)
     try:
-        picked = profiles.get_profile("auto").name
+        picked = profiles.get_profile("auto", resolve_data=False).name
     except ValueError as exc:
         picked = f"error: {exc}"
     print("profile")
     print(f"  ${profiles.ENV_VAR}: {env or 'unset'}; 'auto' picks: {picked}")
+    print("data each profile will use")
+    for name, prof in profiles.PROFILES.items():
+        wanted = data.describe(prof.dataset)
+        if data.available(prof.dataset, download=False):
+            note = f"{wanted} (found)"
+        elif not data.offline() and data.downloadable(prof.dataset):
+            fallback = data.describe(data.FALLBACKS.get(prof.dataset, prof.dataset))
+            note = f"{wanted}, downloaded on first use; if that fails: {fallback}"
+        else:
+            note = f"{data.describe(data.resolve(prof, download=False).dataset)} ({wanted} not found, downloads off)"
+        print(f"  {name:<6} {note}")
     print(f"outputs: {results.project_root()}")
     return 0
 
@@ -58,9 +69,11 @@ def profile_model(args: argparse.Namespace) -> int:
     from . import measure, models, profiles
 
     prof = profiles.get_profile(args.profile)
-    kwargs = {"img_size": args.img_size} if args.img_size else {}
+    if args.img_size is not None and args.img_size <= 0:
+        print(f"error: --img-size must be a positive number of pixels, not {args.img_size}", file=sys.stderr)
+        return 2
     try:
-        model = models.create(args.model, **kwargs)
+        model = models.create(args.model, img_size=args.img_size)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

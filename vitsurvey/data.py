@@ -2,8 +2,11 @@
 
 Fashion-MNIST is the default: 70k greyscale 28 x 28 images in 10 classes, small enough to train a
 ViT on a laptop CPU, and shipped by Debian (package ``dataset-fashion-mnist``) so that it works with
-no network. CIFAR-10, CIFAR-100 and any ImageFolder tree load where the user has them. A synthetic,
-learnable set serves unit tests.
+no network. A seeded, class-balanced subset of it (``fashion_mnist_subset``: 6,000 training and
+2,000 test images) ships inside this package, so the smoke profile and the tests need no data set at
+all, and the ``cpu`` and ``gpu`` profiles fall back to it, under its own name, where the full set is
+neither found nor downloadable (:func:`resolve`). CIFAR-10, CIFAR-100 and any ImageFolder tree load
+where the user has them. A synthetic, learnable set serves unit tests.
 
 Where data is looked for, in order: the ``root`` argument; else ``$VITSURVEY_DATA`` and the known
 locations (``~/.cache/vitsurvey``, Debian's ``/usr/share/datasets``). Downloads go to ``root`` (or
@@ -33,6 +36,10 @@ from .profiles import Profile
 ENV_ROOT = "VITSURVEY_DATA"
 ENV_OFFLINE = "VITSURVEY_OFFLINE"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist-subset"
+"""The shipped subset: the four IDX files of Fashion-MNIST's layout, plus its selection and README."""
+SUBSET_PER_CLASS = {"train": 600, "test": 200}
+SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ DATASETS: dict[str, DatasetInfo] = {
         "fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,),
         "on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (works offline); elsewhere "
         "run once with a network and download allowed (download=True, VITSURVEY_OFFLINE unset)",
+    ),
+    "fashion_mnist_subset": DatasetInfo(
+        "fashion_mnist_subset", 1, 28, 10, (0.2860,), (0.3530,),
+        "shipped with vitsurvey (vitsurvey/embedded/fashion-mnist-subset); always available",
     ),
     "cifar10": DatasetInfo(
         "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
@@ -128,9 +139,11 @@ _FMNIST_FILES = {
 _FMNIST_DIRS = ("FashionMNIST/raw", "fashion-mnist")
 
 
-def _find_fashion_mnist(roots: list[Path], split: str) -> tuple[Path, Path] | None:
+def _find_fashion_mnist(
+    roots: list[Path], split: str, dirs: tuple[str, ...] = _FMNIST_DIRS
+) -> tuple[Path, Path] | None:
     for root in roots:
-        for sub in _FMNIST_DIRS:
+        for sub in dirs:
             found = []
             for stem in _FMNIST_FILES[split]:
                 for fname in (stem, stem + ".gz"):
@@ -165,19 +178,27 @@ def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(images), np.concatenate(labels)
 
 
+_DOWNLOADERS = {"fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+"""torchvision's class for each data set that can be downloaded."""
+
+
 def _download(name: str, root: Path) -> None:
     _compat.ensure_torchvision_importable()
     import torchvision.datasets as tvd
 
-    cls = {"fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    cls = getattr(tvd, _DOWNLOADERS[name])
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
         cls(str(root), train=train, download=True)
 
 
 def _read(name: str, split: str, roots: list[Path]) -> tuple[np.ndarray, np.ndarray] | None:
-    if name == "fashion_mnist":
-        files = _find_fashion_mnist(roots, split)
+    if name in ("fashion_mnist", "fashion_mnist_subset"):
+        files = (
+            _find_fashion_mnist(roots, split) if name == "fashion_mnist"
+            # only the shipped copy: the subset is defined by it
+            else _find_fashion_mnist([EMBEDDED_DIR.parent], split, (EMBEDDED_DIR.name,))
+        )
         if files is None:
             return None
         images, labels = (read_idx(f) for f in files)
@@ -237,7 +258,7 @@ def load(
     roots = search_roots(root)
     arrays = _read(name, split, roots)
     if arrays is None:
-        allowed = (not offline()) if download is None else download
+        allowed = ((not offline()) if download is None else download) and name in _DOWNLOADERS
         target = Path(root).expanduser() if root is not None else default_root()
         cause = "downloading is off (download=False or $VITSURVEY_OFFLINE is set)"
         if allowed:
@@ -314,7 +335,127 @@ def find_all() -> dict[str, str]:
     roots = search_roots()
     fmnist = _find_fashion_mnist(roots, "train")
     report = {"fashion_mnist": str(fmnist[0].parent) if fmnist else "not found"}
+    subset_files = _find_fashion_mnist([EMBEDDED_DIR.parent], "train", (EMBEDDED_DIR.name,))
+    report["fashion_mnist_subset"] = "shipped with vitsurvey" if subset_files else "missing from this install"
     for name, folder in _CIFAR_FOLDERS.items():
         hits = [r / folder for r in roots if (r / folder).is_dir()]
         report[name] = str(hits[0]) if hits else "not found"
     return report
+
+
+# --------------------------------------------------------------------------- the profile's data
+
+
+FALLBACKS = {"fashion_mnist": "fashion_mnist_subset"}
+"""Where a profile's data set is missing and cannot be downloaded, the shipped data set used instead."""
+
+
+def available(name: str, root: str | Path | None = None, download: bool | None = None) -> bool:
+    """Whether ``name`` can be loaded: found on disk, or downloaded now if downloading is allowed."""
+    info = _check_name(name)
+    if name in ("synthetic", "fashion_mnist_subset"):
+        return True
+    if name == "imagefolder":
+        try:
+            _imagefolder(root, "train", info.img_size or 224, info)
+        except DatasetNotFoundError:
+            return False
+        return True
+    roots = search_roots(root)
+    if all(_read_exists(name, split, roots) for split in SPLITS):
+        return True
+    if not ((not offline()) if download is None else download) or name not in _DOWNLOADERS:
+        return False
+    target = Path(root).expanduser() if root is not None else default_root()
+    try:
+        _download(name, target)
+    except Exception:  # network errors come in many types; "not available" is the answer
+        return False
+    return all(_read_exists(name, split, [target]) for split in SPLITS)
+
+
+def downloadable(name: str) -> bool:
+    """Whether ``name`` is a data set this module knows how to download."""
+    return name in _DOWNLOADERS
+
+
+def _read_exists(name: str, split: str, roots: list[Path]) -> bool:
+    if name == "fashion_mnist":
+        return _find_fashion_mnist(roots, split) is not None
+    folder = _CIFAR_FOLDERS.get(name)
+    return folder is not None and any((r / folder).is_dir() for r in roots)
+
+
+def resolve(profile: Profile, root: str | Path | None = None, download: bool | None = None) -> Profile:
+    """The profile with the data set it will actually use.
+
+    Unchanged where its data set is available (found, or downloaded now where allowed). Where not,
+    and a shipped fallback exists (Fashion-MNIST -> its embedded subset), the profile switches to the
+    fallback by name, so every output, figure title, results row and checkpoint that names
+    ``profile.dataset`` says which data was used; the fallback's splits are used whole.
+    """
+    if available(profile.dataset, root, download) or profile.dataset not in FALLBACKS:
+        return profile
+    return profile.replace(dataset=FALLBACKS[profile.dataset], train_samples=None, test_samples=None)
+
+
+def describe(name: str) -> str:
+    """One line naming a data set and its size, for outputs and figure titles."""
+    if name == "fashion_mnist":
+        return "Fashion-MNIST"
+    if name == "fashion_mnist_subset":
+        n = SUBSET_PER_CLASS
+        return f"Fashion-MNIST subset ({10 * n['train']:,} train / {10 * n['test']:,} test, shipped)"
+    return name
+
+
+# --------------------------------------------------------------------------- building the shipped subset
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (byte-for-byte reproducible: no time stamp)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
+        f.write(header + array.tobytes())
+
+
+def balanced_selection(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` items of every class, chosen by a seeded permutation, in ascending order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"Class {c} has {len(members)} items, fewer than the {per_class} asked for.")
+        chosen.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+def build_subset(
+    source: str | Path, out_dir: str | Path = EMBEDDED_DIR,
+    per_class: dict[str, int] | None = None, seed: int = SUBSET_SEED,
+) -> dict[str, np.ndarray]:
+    """Write the shipped subset from full Fashion-MNIST found under ``source``; return the indices.
+
+    Per split, ``per_class`` images of each class are drawn by :func:`balanced_selection` with
+    ``seed`` and written as IDX files in the original layout, with ``selection.csv`` (split, index in
+    the original split, label) beside them. This is how ``vitsurvey/embedded`` was made.
+    """
+    per_class = per_class or SUBSET_PER_CLASS
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    picked: dict[str, np.ndarray] = {}
+    lines = ["split,source_index,label"]
+    for split, (img_stem, lbl_stem) in _FMNIST_FILES.items():
+        files = _find_fashion_mnist([Path(source)], split)
+        if files is None:
+            raise DatasetNotFoundError(f"Full Fashion-MNIST ({split}) not found under {source}.")
+        images, labels = read_idx(files[0]), read_idx(files[1])
+        idx = balanced_selection(labels, per_class[split], seed)
+        write_idx(out / f"{img_stem}.gz", images[idx])
+        write_idx(out / f"{lbl_stem}.gz", labels[idx])
+        lines += [f"{split},{i},{labels[i]}" for i in idx]
+        picked[split] = idx
+    (out / "selection.csv").write_text("\n".join(lines) + "\n")
+    return picked

@@ -269,10 +269,12 @@ def timm_vit(cfg: ViTConfig, **kw: object) -> nn.Module:
     return TimmViT(**cfg.timm_kwargs(), **kw)  # type: ignore[arg-type]
 
 
-def create(name: str, pretrained: bool = False, **kwargs: object) -> nn.Module:
+def create(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: object) -> nn.Module:
     """Build the timm model ``name`` in eval mode.
 
-    FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
+    ``img_size`` is passed to the models whose constructor takes it (transformers, whose position
+    embeddings depend on it); models without that argument (CNNs such as ResNet-50) take any input
+    size as built, so they are built without it. FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
     :func:`vitsurvey.measure.count_macs` registers a counter for it, so the fused (fast) path stays on
     and is still counted. ``pretrained=True`` downloads weights and so needs a network.
     """
@@ -283,4 +285,10 @@ def create(name: str, pretrained: bool = False, **kwargs: object) -> nn.Module:
             f"Unknown model {name!r}: timm has no such architecture.{hint} "
             "List the names with timm.list_models('*pattern*')."
         )
+    if img_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs).eval()
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
     return timm.create_model(name, pretrained=pretrained, **kwargs).eval()

@@ -9,6 +9,10 @@ A notebook never hard-codes a size; it asks its profile. Three profiles exist:
 ``auto`` (the default) picks one: the notebook's ``parameters`` cell first, then the environment
 variable ``VITSURVEY_PROFILE``, then the hardware (``gpu`` when CUDA is available, else ``cpu``).
 ``smoke`` is never picked by the hardware: it must be asked for.
+
+Data: ``smoke`` trains on the Fashion-MNIST subset shipped inside the package, so it never needs a
+data set installed. ``cpu`` and ``gpu`` use full Fashion-MNIST where it is found or can be downloaded,
+else the shipped subset, under its own name (:func:`vitsurvey.data.resolve`).
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         device="cpu",
+        dataset="fashion_mnist_subset",
         train_samples=512,
         test_samples=256,
         baseline=_fmnist_vit(patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0),
@@ -177,11 +182,13 @@ PROFILES: dict[str, Profile] = {
 VALID_NAMES: tuple[str, ...] = (*PROFILES, "auto")
 
 
-def get_profile(name: str | None = "auto") -> Profile:
+def get_profile(name: str | None = "auto", resolve_data: bool = True) -> Profile:
     """Resolve a profile name: the argument, then ``$VITSURVEY_PROFILE``, then the hardware.
 
     ``None`` and ``"auto"`` both mean "not chosen here". An unknown name, from either the argument
-    or the environment, raises ``ValueError`` naming the valid ones.
+    or the environment, raises ``ValueError`` naming the valid ones. With ``resolve_data`` the
+    profile's data set is the one that will actually be used: where full Fashion-MNIST is neither
+    found nor downloadable, the shipped subset (see :func:`vitsurvey.data.resolve`).
     """
     chosen, source = name, "argument"
     if chosen is None or chosen == "auto":
@@ -200,4 +207,8 @@ def get_profile(name: str | None = "auto") -> Profile:
             "The 'gpu' profile needs a CUDA GPU, and torch sees none here. "
             "Use profile 'cpu' (or 'auto', which picks it on this machine)."
         )
+    if resolve_data:
+        from . import data  # data imports this module; the import is deferred to avoid a cycle
+
+        profile = data.resolve(profile)
     return profile
