@@ -164,6 +164,12 @@ def test_benchmark_models_skips_unknown_and_records_out_of_memory(monkeypatch):
     assert oom["infer_mem_bytes"] is None  # memory is measured at batch 2, which does not fit
     ok = by_name["deit_tiny_patch16_224"]
     assert ok["status"] == "ok" and ok["macs"] == 1_258_411_200 and ok["throughput_bf16_img_s"] is None
+    # both models that ran were timed again in interleaved rounds, against the first of them
+    smoke_rounds = PROFILES["smoke"].timing_rounds
+    assert oom["timing_rounds"] == ok["timing_rounds"] == smoke_rounds
+    assert ok["reference"] == "oom_above_1" and oom["relative_throughput"] == 1.0
+    assert ok["throughput_q1"] <= ok["throughput_img_s"] <= ok["throughput_q3"]
+    assert by_name["vit_tiny_patch16_2244"]["throughput_img_s"] is None
 
 
 def test_plain_fvcore_misses_fused_attention():
@@ -222,9 +228,57 @@ def test_relative_throughput_times_every_model_each_round(monkeypatch):
 
     monkeypatch.setattr(measure, "throughput", spy)
     fast, slow = nn.Flatten(), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)], nn.Flatten())
-    rates = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
+    timings = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
     assert calls == [fast, slow, slow, fast]  # interleaved, each round starting one model later
-    assert rates["fast"] > rates["slow"] > 0
+    assert timings.rounds == 2 and timings.reference == "fast"
+    assert timings.rate("fast").median > timings.rate("slow").median > 0
+    assert timings.ratio("slow").median < 1 and timings.ratio("fast").median == 1
+
+
+def _scripted(monkeypatch, rates_per_call):
+    """Make throughput() return the next scripted rate for each model, in call order."""
+    script = {name: iter(rates) for name, rates in rates_per_call.items()}
+
+    def fake(model, input_shape, batch_sizes, device, **kwargs):
+        return measure.Throughput(next(script[model.name]), batch_sizes[0])
+
+    monkeypatch.setattr(measure, "throughput", fake)
+
+
+class _Named(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+
+def test_ratios_are_taken_within_rounds_so_drift_cancels(monkeypatch):
+    # the machine halves its speed every round; the model is always exactly twice as fast as the reference
+    drift = [100 / 2**k for k in range(6)]
+    _scripted(monkeypatch, {"ref": drift, "new": [2 * r for r in drift]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=6)
+    assert t.ratio("new").median == t.ratio("new").q1 == t.ratio("new").q3 == 2.0
+    assert t.rate("new").relative_iqr > 0.5  # the absolute rates are all over the place
+    assert t.table().loc["new", "verdict"] == "faster"
+
+
+def test_rounds_continue_until_the_spread_is_tight(monkeypatch):
+    noisy = [1.0, 1.5, 0.7, 1.3, 0.8] + [1.0] * 20
+    _scripted(monkeypatch, {"ref": [1.0] * 25, "new": noisy})
+    models = {"ref": _Named("ref"), "new": _Named("new")}
+    t = measure.relative_throughput(models, (1, 1, 1), 1, rounds=5, max_rounds=25, tolerance=0.05)
+    assert 5 < t.rounds < 25 and t.ratio("new").relative_iqr <= 0.05
+    _scripted(monkeypatch, {"ref": [1.0] * 25, "new": noisy})
+    assert measure.relative_throughput(models, (1, 1, 1), 1, rounds=5).rounds == 5  # no max_rounds: exactly 5
+
+
+def test_a_ratio_whose_spread_includes_one_is_within_noise(monkeypatch):
+    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [0.9, 1.2, 1.05, 0.95, 1.1]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5)
+    assert t.ratio("new").verdict() == "within noise"
+    with pytest.raises(KeyError, match="timed: ref, new"):
+        t.ratio("other")
+    with pytest.raises(KeyError, match="reference 'x'"):
+        measure.relative_throughput({"ref": _Named("ref")}, (1, 1, 1), 1, reference="x")
 
 
 def test_serialized_bytes_grow_with_parameters():

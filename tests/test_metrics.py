@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vitsurvey import metrics
 from vitsurvey.metrics import efficient_error_rate, pareto_front
 
 
@@ -113,3 +114,46 @@ def test_eer_rankings_do_not_depend_on_units(frame, column, scale, reference):
     rescaled[column] *= scale  # e.g. GMACs -> MACs, or error in % -> fraction
     after = efficient_error_rate(rescaled, costs, reference=reference)
     assert np.allclose(before.to_numpy(), after.to_numpy(), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- spread and standard errors
+
+
+def test_spread_quartiles_and_verdicts():
+    s = metrics.Spread.of([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (s.median, s.q1, s.q3, s.low, s.high, s.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    assert s.relative_iqr == pytest.approx(2 / 3)
+    assert metrics.Spread.of([1.2, 1.3, 1.25]).verdict() == "faster"
+    assert metrics.Spread.of([0.7, 0.8, 0.75]).verdict() == "slower"
+    assert metrics.Spread.of([0.9, 1.1, 1.0, 1.2]).verdict() == "within noise"
+    assert "within noise" in metrics.speedup_phrase(metrics.Spread.of([0.9, 1.1, 1.0]))
+    assert metrics.speedup_phrase(metrics.Spread.of([2.0, 2.0])).startswith("2.00x (IQR 2.00x-2.00x, 2 rounds), faster")
+    with pytest.raises(ValueError, match="finite"):
+        metrics.Spread.of([])
+    with pytest.raises(ValueError, match="finite"):
+        metrics.Spread.of([1.0, float("nan")])
+
+
+@given(st.lists(st.floats(0.01, 1e4), min_size=1, max_size=30))
+def test_spread_is_ordered(values):
+    s = metrics.Spread.of(values)
+    assert s.low <= s.q1 <= s.median <= s.q3 <= s.high
+
+
+def test_top1_standard_error_is_binomial():
+    assert metrics.top1_se(50.0, 10_000) == pytest.approx(0.5)
+    assert metrics.top1_se(90.0, 100) == pytest.approx(3.0)
+    assert metrics.top1_se(100.0, 10) == 0.0
+    assert metrics.format_top1(90.0, 100) == "90.00 ± 3.00%"
+    with pytest.raises(ValueError, match="positive number of test images"):
+        metrics.top1_se(90.0, 0)
+    with pytest.raises(ValueError, match="percentage"):
+        metrics.top1_se(190.0, 10)
+
+
+def test_compare_top1_calls_small_differences_noise():
+    # on 1,000 images at 90% the standard error is about 0.95 points; the difference's is about 1.34
+    assert metrics.compare_top1(90.0, 89.0, 1000) == "within noise"
+    assert metrics.compare_top1(90.0, 87.0, 1000) == "higher"
+    assert metrics.compare_top1(87.0, 90.0, 1000) == "lower"
+    assert metrics.compare_top1(90.0, 89.0, 100_000) == "higher"

@@ -166,3 +166,23 @@ def test_tome_per_block_schedule():
         assert tome(X).shape == (3, 10)
     with pytest.raises(ValueError, match="one per block"):
         tokens.ToMe(model, [1, 2])
+
+
+@pytest.mark.parametrize("r", [1, [3, 0, 2, 1], [0, 0, 0, 4]])
+def test_tome_macs_formula_equals_fvcore_exactly(r):
+    # the MLP runs on the merged tokens, and the bipartite matching costs MACs of its own
+    vit = VisionTransformer(ViTConfig(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3)).eval()
+    tome = tokens.ToMe(vit, r)
+    formula = measure.vit_macs(vit, tokens=tome.token_counts(), merges=tome.schedule)
+    assert measure.count_macs(tome, torch.zeros(1, 3, 32, 32)).total == formula["total"]
+    assert formula["token_matching"] > 0
+    # without the merges the count is too high: every block's MLP would see the unmerged tokens
+    assert measure.vit_macs(vit, tokens=tome.token_counts())["total"] > formula["total"]
+
+
+def test_vit_macs_refuses_impossible_merges():
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)  # 17 tokens
+    with pytest.raises(ValueError, match="ToMe can merge 0 to 8"):
+        measure.vit_macs(cfg, merges=[9, 0])
+    with pytest.raises(ValueError, match="one count per block"):
+        measure.vit_macs(cfg, merges=[1])

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .metrics import Spread
 from .models import ViTConfig
 
 # --------------------------------------------------------------------------- parameters and size
@@ -139,14 +140,19 @@ def vit_params(cfg: ViTConfig) -> dict[str, int]:
 
 
 def vit_macs(
-    vit: ViTConfig | nn.Module, tokens: int | Sequence[int] | None = None
+    vit: ViTConfig | nn.Module,
+    tokens: int | Sequence[int] | None = None,
+    merges: Sequence[int] | None = None,
 ) -> dict[str, int]:
     """MACs of one image through a plain ViT, per component.
 
     ``vit`` is a :class:`ViTConfig`, or a :class:`~vitsurvey.models.VisionTransformer` whose blocks may
     have been pruned to fewer heads or MLP neurons (their actual shapes are read). ``tokens`` is the
     number of tokens entering every block, or a list with one count per block (token reduction);
-    default 1 + patches. The final LayerNorm sees the last block's count.
+    default 1 + patches. ``merges`` (ToMe) is the number of tokens merged inside each block, between
+    attention and MLP: that block's MLP and second LayerNorm then see ``tokens - merges`` tokens, and the
+    bipartite matching costs ceil(N/2) * floor(N/2) * d MACs (cosine similarities of the head-averaged
+    keys, d the head width). The final LayerNorm sees what the last block outputs.
 
     Conventions follow fvcore so the two can be compared term by term: a matrix product counts its
     multiply-adds; LayerNorm counts 5 per element; biases, residual adds, softmax and GELU count 0.
@@ -154,21 +160,30 @@ def vit_macs(
     cfg = vit if isinstance(vit, ViTConfig) else vit.cfg  # type: ignore[union-attr]
     D, L = cfg.embed_dim, cfg.depth
     if isinstance(vit, ViTConfig):
-        shapes = [(cfg.embed_dim, cfg.mlp_hidden)] * L  # (attention width h*d, MLP hidden) per block
+        shapes = [(cfg.embed_dim, cfg.mlp_hidden, cfg.num_heads)] * L  # (attention width h*d, MLP hidden, heads)
     else:
-        shapes = [(b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features) for b in vit.blocks]  # type: ignore[union-attr]
+        shapes = [(b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features, b.attn.num_heads)  # type: ignore[union-attr]
+                  for b in vit.blocks]  # type: ignore[union-attr]
     counts = [cfg.num_tokens] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
-    if len(counts) != L:
-        raise ValueError(f"tokens has {len(counts)} entries for {L} blocks; give one count per block.")
+    merged = [0] * L if merges is None else list(merges)
+    if len(counts) != L or len(merged) != L:
+        raise ValueError(f"tokens and merges need one count per block ({L} blocks); "
+                         f"got {len(counts)} and {len(merged)}.")
     out = dict.fromkeys(["qkv", "attn_scores", "attn_values", "attn_proj", "mlp", "layer_norm"], 0)
-    for N, (inner, hidden) in zip(counts, shapes):
+    if any(merged):
+        out["token_matching"] = 0
+    for N, r, (inner, hidden, heads) in zip(counts, merged, shapes):
+        if not 0 <= r <= (N - 1) // 2:
+            raise ValueError(f"{r} merges in a block of {N} tokens: ToMe can merge 0 to {(N - 1) // 2}.")
         out["qkv"] += N * D * 3 * inner
         out["attn_scores"] += N * N * inner  # Q K^T over all heads: h * N^2 * d
         out["attn_values"] += N * N * inner  # A V
         out["attn_proj"] += N * inner * D
-        out["mlp"] += 2 * N * D * hidden
-        out["layer_norm"] += 2 * 5 * N * D
-    out["layer_norm"] += 5 * counts[-1] * D  # the final norm
+        out["mlp"] += 2 * (N - r) * D * hidden
+        out["layer_norm"] += 5 * N * D + 5 * (N - r) * D
+        if r:
+            out["token_matching"] += ((N + 1) // 2) * (N // 2) * (inner // heads)
+    out["layer_norm"] += 5 * (counts[-1] - merged[-1]) * D  # the final norm
     out = {"patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D, **out,
            "head": D * cfg.num_classes}
     out["total"] = sum(out.values())
@@ -261,36 +276,97 @@ def throughput(
     return result
 
 
+@dataclass
+class Timings:
+    """Images per second of several models, timed in interleaved rounds: every rate of every round.
+
+    Ratios are taken within a round (model over reference, timed moments apart), so a drift in the
+    machine's speed between rounds cancels; their median and interquartile range over the rounds is
+    the speed-up a notebook quotes (:meth:`ratio`), and :meth:`table` is what it shows.
+    """
+
+    rates: dict[str, list[float]]
+    """Images per second of each model, one entry per round."""
+    reference: str
+    batch_size: dict[str, int]
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.rates.values())))
+
+    def rate(self, name: str) -> Spread:
+        return Spread.of(self._rates(name))
+
+    def ratio(self, name: str, reference: str | None = None) -> Spread:
+        """Throughput of ``name`` over that of ``reference`` (default: the run's), round by round."""
+        ref = self._rates(reference or self.reference)
+        return Spread.of(a / b for a, b in zip(self._rates(name), ref))
+
+    def _rates(self, name: str) -> list[float]:
+        if name not in self.rates:
+            raise KeyError(f"No timings for {name!r}; timed: {', '.join(self.rates)}.")
+        return self.rates[name]
+
+    def table(self) -> Any:
+        """One row per model: median img/s with its IQR, and the speed-up over the reference."""
+        import pandas as pd
+
+        rows = []
+        for name in self.rates:
+            r, q = self.rate(name), self.ratio(name)
+            rows.append({
+                "model": name, "batch": self.batch_size[name],
+                "img/s": r.median, "img/s q1": r.q1, "img/s q3": r.q3,
+                f"x {self.reference}": q.median, "x q1": q.q1, "x q3": q.q3,
+                "verdict": "reference" if name == self.reference else q.verdict(),
+            })
+        return pd.DataFrame(rows).set_index("model")
+
+
 def relative_throughput(
     models: Mapping[str, nn.Module],
-    input_shape: tuple[int, int, int],
-    batch_size: int,
+    input_shape: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
+    batch_size: int | Mapping[str, int],
     device: str | torch.device = "cpu",
-    rounds: int = 3,
+    rounds: int = 5,
+    max_rounds: int | None = None,
+    tolerance: float = 0.05,
+    reference: str | None = None,
     warmup: int = 2,
     iters: int = 5,
     min_seconds: float = 0.0,
-) -> dict[str, float]:
-    """Best images per second of each model at one batch size, over ``rounds`` interleaved rounds.
+) -> Timings:
+    """Time several models in interleaved rounds; the one timing routine behind every speed-up.
 
-    Every round times each model once, in turn, so a drift in the machine's speed (other load, clock
-    changes) affects all of them alike, and each round starts one model further along the list, so no
-    model always runs first. The ratios between the results are what a notebook should quote as
-    speed-ups. Each timing is :func:`throughput` at ``batch_size``.
+    Every round times each model once with :func:`throughput` (warm-up, synchronisation, at least
+    ``iters`` passes and ``min_seconds``), in turn, each round starting one model further along the
+    list, so a drift in the machine's speed affects all models alike and none always runs first. At
+    least ``rounds`` rounds run; up to ``max_rounds`` (default: ``rounds``) run while any ratio to the
+    ``reference`` (default: the first model) has an interquartile range wider than ``tolerance``
+    times its median. ``input_shape`` and ``batch_size`` may be given per model.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}.")
-    best: dict[str, float] = {}
+    max_rounds = max(rounds, max_rounds or rounds)
     names = list(models)
-    for k in range(rounds):
+    if not names:
+        raise ValueError("relative_throughput needs at least one model.")
+    reference = reference or names[0]
+    if reference not in models:
+        raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(names)}.")
+    shapes = {n: input_shape[n] if isinstance(input_shape, Mapping) else input_shape for n in names}
+    batches = {n: batch_size[n] if isinstance(batch_size, Mapping) else batch_size for n in names}
+    timings = Timings({n: [] for n in names}, reference, batches)
+    for k in range(max_rounds):
         for name in names[k % len(names):] + names[: k % len(names)]:
-            model = models[name]
-            rate = throughput(model, input_shape, (batch_size,), device, warmup=warmup, iters=iters,
+            rate = throughput(models[name], shapes[name], (batches[name],), device, warmup=warmup, iters=iters,
                               min_seconds=min_seconds).img_per_s
             if rate is None:
-                raise RuntimeError(f"{name} ran out of memory at batch {batch_size}; choose a smaller batch.")
-            best[name] = max(best.get(name, 0.0), rate)
-    return best
+                raise RuntimeError(f"{name} ran out of memory at batch {batches[name]}; choose a smaller batch.")
+            timings.rates[name].append(rate)
+        if k + 1 >= rounds and all(timings.ratio(n).relative_iqr <= tolerance for n in names):
+            break
+    return timings
 
 
 def pass_times_ms(
@@ -604,8 +680,17 @@ def benchmark_models(
     mem_batch: int | None = None,
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = print,
+    reference: str | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`benchmark` for each timm model name, never stopping at one bad model.
+    """:func:`benchmark` for each timm model name, never stopping at one bad model; then every model
+    that ran is timed again, interleaved with the others, so their rates can be compared.
+
+    The sweep finds each model's best batch; the reported ``throughput_img_s`` is then the median over
+    the profile's interleaved rounds at that batch (:func:`relative_throughput`), with its quartiles
+    (``throughput_q1``, ``throughput_q3``) and the ratio to ``reference`` (default: the first model that
+    ran) in ``relative_throughput`` with its quartiles. A machine whose speed drifts between two runs
+    (a shared CPU can differ by 2x from one hour to the next) moves absolute rates, not these ratios:
+    compare runs by ratio. The sweep's best single timing stays in ``sweep_best_img_s``.
 
     Each row has ``model`` and ``status``: ``ok``; ``unknown model`` (skipped, with close names in the
     log); ``out of memory at batch N`` (the row keeps what fitted, ``max_batch_fitted`` included); or
@@ -614,6 +699,8 @@ def benchmark_models(
     from .models import create
 
     rows: list[dict[str, Any]] = []
+    kept: dict[str, nn.Module] = {}
+    dev = torch.device(device or profile.device)
     for name in names:
         try:
             model = create(name)
@@ -629,15 +716,34 @@ def benchmark_models(
             rows.append({"model": name, "status": status})
             if log:
                 log(f"{name}: {status}")
-            continue
-        finally:
             del model
-            _free(torch.device(device or profile.device))
+            _free(dev)
+            continue
         row = {"model": name, "status": "ok", **asdict(record)}
+        row["sweep_best_img_s"] = row.pop("throughput_img_s")
         if record.oom_at is not None or record.throughput_img_s is None:
             row["status"] = f"out of memory at batch {record.oom_at}"
+        if record.throughput_img_s is not None:
+            kept[name] = model
         rows.append(row)
         if log:
             rate = f"{record.throughput_img_s:,.1f} img/s" if record.throughput_img_s else "no batch fitted"
-            log(f"{name}: {row['status']}, {rate}")
+            log(f"{name}: {row['status']}, sweep best {rate} at batch {record.batch_size}")
+    if kept:
+        by_name = {r["model"]: r for r in rows}
+        timings = relative_throughput(
+            kept, {n: input_shape_of(m) for n, m in kept.items()}, {n: by_name[n]["batch_size"] for n in kept},
+            dev, reference=reference if reference in kept else None, **profile.timing(),
+        )
+        for name in kept:
+            rate, ratio = timings.rate(name), timings.ratio(name)
+            by_name[name].update({
+                "throughput_img_s": rate.median, "throughput_q1": rate.q1, "throughput_q3": rate.q3,
+                "timing_rounds": rate.n, "reference": timings.reference,
+                "relative_throughput": ratio.median, "relative_q1": ratio.q1, "relative_q3": ratio.q3,
+            })
+        if log:
+            log(f"interleaved: {timings.rounds} rounds over {len(kept)} models, relative to {timings.reference}")
+    for row in rows:
+        row.setdefault("throughput_img_s", None)
     return rows

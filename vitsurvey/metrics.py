@@ -1,17 +1,113 @@
-"""Comparing models on several objectives at once: Pareto fronts and the Efficient Error Rate.
+"""Comparing models honestly: the uncertainty of a measurement, Pareto fronts, the Efficient Error Rate.
 
-Both work on a table (a pandas DataFrame) with one row per model, so reported and measured numbers go
-through the same code.
+* :class:`Spread` summarises repeated timings (median, interquartile range, extremes); a speed-up is
+  called one only where its interquartile range excludes 1 (:meth:`Spread.verdict`).
+* :func:`top1_se` is the standard error of an accuracy on a finite test set, and
+  :func:`compare_top1` calls a difference under about two standard errors "within noise".
+* Pareto fronts and the EER work on a table (a pandas DataFrame) with one row per model, so reported
+  and measured numbers go through the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 DIRECTIONS = ("min", "max")
+
+
+# --------------------------------------------------------------------------- spread of repeated timings
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated measurements of one quantity (a rate, or a ratio of rates).
+
+    The interquartile range (``q1`` to ``q3``, numpy's linear interpolation) is the spread quoted in
+    the notebooks: it ignores one stray round, yet narrows as rounds are added; ``low`` and ``high``
+    are the extremes, for the reader who wants them.
+    """
+
+    median: float
+    q1: float
+    q3: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        v = np.asarray([float(x) for x in values], dtype=float)
+        if v.size == 0 or not np.isfinite(v).all():
+            raise ValueError(f"A spread needs one or more finite values, got {v.tolist()}.")
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        return cls(float(med), float(q1), float(q3), float(v.min()), float(v.max()), int(v.size))
+
+    @property
+    def relative_iqr(self) -> float:
+        """Width of the interquartile range as a fraction of the median."""
+        return (self.q3 - self.q1) / abs(self.median) if self.median else math.inf
+
+    def excludes(self, value: float = 1.0) -> bool:
+        """True when the whole interquartile range lies on one side of ``value``."""
+        return self.q1 > value or self.q3 < value
+
+    def verdict(self, value: float = 1.0) -> str:
+        """For a ratio of rates: ``faster``, ``slower``, or ``within noise`` (IQR includes ``value``)."""
+        if not self.excludes(value):
+            return "within noise"
+        return "faster" if self.median > value else "slower"
+
+    def format(self, digits: int = 2, unit: str = "") -> str:
+        """``1.32x (IQR 1.25-1.40, 7 rounds)``-style text, with ``unit`` after each number."""
+        f = f"{{:.{digits}f}}{unit}"
+        return f"{f.format(self.median)} (IQR {f.format(self.q1)}-{f.format(self.q3)}, {self.n} rounds)"
+
+
+def speedup_phrase(spread: Spread, digits: int = 2) -> str:
+    """A sentence fragment for a throughput ratio: '1.32x faster (IQR ...)' or 'within noise (...)'."""
+    text = spread.format(digits, "x")
+    verdict = spread.verdict()
+    return f"{text}: within noise" if verdict == "within noise" else f"{text}, {verdict}"
+
+
+# --------------------------------------------------------------------------- accuracy on a finite test set
+
+
+def top1_se(top1: float, n: int) -> float:
+    """Standard error, in percentage points, of a top-1 accuracy (in %) measured on ``n`` test images.
+
+    Each test image is a Bernoulli trial, so the accuracy's standard error is sqrt(p (1 - p) / n). It
+    measures the test set's sampling noise only, not the noise of training (seeds, data order).
+    """
+    if n <= 0:
+        raise ValueError(f"A standard error needs a positive number of test images, not {n}.")
+    if not 0.0 <= top1 <= 100.0:
+        raise ValueError(f"top1 is a percentage between 0 and 100, not {top1}.")
+    p = top1 / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / n)
+
+
+def format_top1(top1: float, n: int, digits: int = 2) -> str:
+    """``87.84 ± 0.33%``: the accuracy with its standard error."""
+    return f"{top1:.{digits}f} ± {top1_se(top1, n):.{digits}f}%"
+
+
+def compare_top1(a: float, b: float, n: int, z: float = 2.0) -> str:
+    """``higher``, ``lower`` or ``within noise``: accuracy ``a`` against ``b``, both measured on ``n`` images.
+
+    The two are treated as independent measurements, so the difference's standard error is
+    sqrt(se_a^2 + se_b^2); a difference under ``z`` of those is within noise. (On one shared test set
+    the two are positively correlated, so this errs towards "within noise".)
+    """
+    se = math.hypot(top1_se(a, n), top1_se(b, n))
+    if abs(a - b) < z * se or (se == 0 and a == b):
+        return "within noise"
+    return "higher" if a > b else "lower"
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:

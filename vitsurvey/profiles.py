@@ -60,6 +60,11 @@ class Profile:
     bench_min_seconds: float = 0.0
     """Timed passes continue past ``bench_iters`` until this much time has elapsed (steadier rates)."""
     latency_iters: int = 10
+    timing_rounds: int = 5
+    """Interleaved rounds every speed comparison runs at least (:func:`vitsurvey.measure.relative_throughput`)."""
+    timing_max_rounds: int = 11
+    """Rounds it may add while a ratio's interquartile range is wider than ``timing_tolerance``."""
+    timing_tolerance: float = 0.05
     sweep_batch_sizes: tuple[int, ...] = (1, 8)
     """Batch sizes when many models are benchmarked in one notebook (02, 11)."""
     protocol_models: tuple[str, ...] = ()
@@ -86,6 +91,12 @@ class Profile:
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
     seed: int = 0
+
+    def timing(self) -> dict[str, float | int]:
+        """Keyword arguments of :func:`vitsurvey.measure.relative_throughput` for this profile."""
+        return {"rounds": self.timing_rounds, "max_rounds": self.timing_max_rounds,
+                "tolerance": self.timing_tolerance, "warmup": self.bench_warmup, "iters": self.bench_iters,
+                "min_seconds": self.bench_min_seconds}
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
@@ -119,6 +130,8 @@ PROFILES: dict[str, Profile] = {
         bench_warmup=1,
         bench_iters=2,
         latency_iters=3,
+        timing_rounds=3,
+        timing_max_rounds=3,
         resolutions=(32, 64),
         timing_batch=2,
         sweep_batch_sizes=(1, 2),
