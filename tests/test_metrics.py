@@ -157,3 +157,5 @@ def test_compare_top1_calls_small_differences_noise():
     assert metrics.compare_top1(90.0, 87.0, 1000) == "higher"
     assert metrics.compare_top1(87.0, 90.0, 1000) == "lower"
     assert metrics.compare_top1(90.0, 89.0, 100_000) == "higher"
+    assert metrics.versus(90.0, 89.0, 1000) == "within noise of the control"
+    assert metrics.versus(87.0, 90.0, 1000, "fp32") == "-3.00 points, lower than fp32"

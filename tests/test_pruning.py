@@ -117,3 +117,14 @@ def test_nonzero_params_counts_what_pruning_left():
     pruning.make_permanent(pruning.magnitude_prune(model, 0.5))
     block_weights = sum(m.weight.numel() for m in pruning._block_linears(model))
     assert pruning.nonzero_params(model) == total - round(0.5 * block_weights)
+
+
+def test_removed_fraction_reports_whole_heads():
+    from vitsurvey.models import ViTConfig, VisionTransformer
+
+    vit = VisionTransformer(ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=48,
+                                      depth=2, num_heads=3, mlp_ratio=2.0))
+    assert pruning.removed_fraction(vit, pruning.prune_structured(vit, 0.2)) == pytest.approx(
+        {"heads": 1 / 3, "neurons": 19 / 96})
+    half_of_one_block = pruning.prune_structured(vit, 0.5, blocks=[0])
+    assert pruning.removed_fraction(vit, half_of_one_block)["heads"] == pytest.approx(2 / 6)

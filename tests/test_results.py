@@ -72,3 +72,10 @@ def test_project_root_is_found_from_a_subdirectory(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
     assert results.project_root() == tmp_path.resolve()
+
+
+def test_device_name_tells_cpus_apart_by_instruction_set():
+    features = results.cpu_features()
+    assert features["isa"] in results.device_name("cpu")
+    assert set(features) == {"isa", "extras", "int8_dot", "bf16"}
+    assert features["int8_dot"] == bool({"VNNI", "AMX"} & set(features["extras"]))

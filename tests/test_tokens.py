@@ -186,3 +186,26 @@ def test_vit_macs_refuses_impossible_merges():
         measure.vit_macs(cfg, merges=[9, 0])
     with pytest.raises(ValueError, match="one count per block"):
         measure.vit_macs(cfg, merges=[1])
+
+
+def test_tome_sources_partition_the_input_tokens():
+    tome = tokens.ToMe(_model(), [2, 2, 1, 1])
+    groups = tome.sources(X)
+    assert groups.shape == (3, CFG.num_tokens - 6, CFG.num_tokens)
+    assert (groups.sum(1) == 1).all()  # every input token in exactly one group
+    assert groups[:, 0, 0].all() and (groups[:, 0].sum(-1) == 1).all()  # the class token is never merged
+    with torch.no_grad():
+        assert torch.equal(tome(X), tome.vit.forward_head(tome._run(X, track=True)[0]))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_step_sources_follow_evit(fuse):
+    model = _model()
+    step = tokens.evit_step(0.5, [1], fuse=fuse)
+    after = tokens.step_sources(model, X, step)
+    assert [m.shape[1] for m in after[:1]] == [CFG.num_tokens]
+    last = after[-1]
+    assert last.shape[1] == model.token_counts(X, step)[-1]
+    assert (last.sum(1) <= 1).all()  # no input token in two tokens
+    assert (last.sum(1) == 1).all() == fuse  # with fusion nothing is lost; without, dropped tokens are gone
+    assert last[:, 0, 0].all()

@@ -46,6 +46,9 @@ def test_baseline_is_cached_per_profile(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     changed, changed_result = train.baseline(p.replace(lr=1e-4), log=None)  # other settings: retrain
     assert changed_result.history != result.history
+    # both are kept side by side: neither overwrites the other
+    assert train.checkpoint_path(p.replace(lr=1e-4)) != path and path.exists()
+    assert train.baseline(p, log=None)[1] == result
 
 
 def test_evaluate_rejects_empty():

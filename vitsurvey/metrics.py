@@ -110,6 +110,12 @@ def compare_top1(a: float, b: float, n: int, z: float = 2.0) -> str:
     return "higher" if a > b else "lower"
 
 
+def versus(a: float, b: float, n: int, name: str = "the control") -> str:
+    """``within noise of the control`` or ``-2.31 points, lower than the control``: :func:`compare_top1` as text."""
+    verdict = compare_top1(a, b, n)
+    return f"within noise of {name}" if verdict == "within noise" else f"{a - b:+.2f} points, {verdict} than {name}"
+
+
 def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -44,6 +44,10 @@ class Profile:
     baseline: ViTConfig = field(default_factory=lambda: _fmnist_vit(patch_size=7, embed_dim=96, depth=6, num_heads=3))
     """The small ViT that notebook 01 trains and later notebooks compress (image size, channels and
     classes are adapted to the data set by :func:`vitsurvey.train.baseline_config`)."""
+    token_baseline: ViTConfig | None = None
+    """The baseline of the token-reduction study (notebook 06) where the main one has too few tokens for
+    it (``None``: the main baseline). Trained like the main one, for ``token_baseline_epochs``."""
+    token_baseline_epochs: int | None = None
     epochs: int = 1
     batch_size: int = 128
     lr: float = 1e-3
@@ -98,6 +102,12 @@ class Profile:
                 "tolerance": self.timing_tolerance, "warmup": self.bench_warmup, "iters": self.bench_iters,
                 "min_seconds": self.bench_min_seconds}
 
+    def for_tokens(self) -> Profile:
+        """This profile with the token-reduction baseline as its baseline (itself where there is none)."""
+        if self.token_baseline is None:
+            return self
+        return self.replace(baseline=self.token_baseline, epochs=self.token_baseline_epochs or self.epochs)
+
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -151,6 +161,9 @@ PROFILES: dict[str, Profile] = {
         train_samples=None,
         test_samples=None,
         baseline=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=7),
+        # 7 x 7 patches of 4 pixels: 50 tokens, enough for token reduction to have something to choose from
+        token_baseline=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=4),
+        token_baseline_epochs=2,
         epochs=6,
         batch_size=128,
         lr=2e-3,

@@ -52,8 +52,39 @@ def results_dir() -> Path:
     return project_root() / "data" / "results"
 
 
+_CPU_FLAGS = {"avx512_vnni": "VNNI", "avx_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
+"""CPU features that change how fast low-precision kernels run (int8 dot products, bf16, matrix tiles)."""
+
+
+def cpu_features() -> dict[str, object]:
+    """The CPU's vector instruction set as torch dispatches to it, and its low-precision features.
+
+    Two machines can both call themselves "AMD EPYC" and still differ by 2x in fp32 and far more in int8
+    or bf16: one with AVX-512 VNNI and BF16 instructions, one with AVX2 only. ``int8_dot`` says whether
+    int8 dot-product instructions (VNNI or AMX) exist, which int8 kernels need to be fast.
+    """
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    extras = sorted({name for flag, name in _CPU_FLAGS.items() if flag in flags})
+    return {
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "extras": extras,
+        "int8_dot": "VNNI" in extras or "AMX" in extras,
+        "bf16": "BF16" in extras or "AMX" in extras,
+    }
+
+
 def device_name(device: str | torch.device | None = None) -> str:
-    """A human name of the device: the GPU's product name, or the CPU's model and thread count."""
+    """A human name of the device: the GPU's product name, or the CPU's model, thread count and vector
+    instruction set (e.g. ``AMD EPYC (2 threads; AVX2)``), so rows from different CPUs that share a
+    model name are told apart."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -66,7 +97,9 @@ def device_name(device: str | torch.device | None = None) -> str:
                     break
     except OSError:
         pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    features = cpu_features()
+    isa = " ".join([str(features["isa"]), *features["extras"]])  # type: ignore[list-item]
+    return f"{model} ({torch.get_num_threads()} threads; {isa})"
 
 
 def context(profile: str, device: str | torch.device | None = None) -> dict[str, str]:

@@ -8,6 +8,8 @@ to the loss (knowledge distillation uses it), so variants reuse the loop instead
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import random
@@ -174,7 +176,12 @@ def baseline_config(profile: Profile) -> ViTConfig:
 
 
 def checkpoint_path(profile: Profile) -> Path:
-    return project_root() / "checkpoints" / f"baseline_{profile.name}_{profile.dataset}.pt"
+    """Where the profile's baseline is kept: named by profile, data set and a digest of the training
+    settings, so baselines trained differently (e.g. notebook 06's many-token one) never overwrite
+    each other."""
+    settings = json.dumps(_training_settings(profile), sort_keys=True, default=str)
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:8]
+    return project_root() / "checkpoints" / f"baseline_{profile.name}_{profile.dataset}_{digest}.pt"
 
 
 TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epochs", "batch_size", "lr",

@@ -187,3 +187,17 @@ def mask_structured(
         block.mlp.fc1.bias[gone] = 0
         block.mlp.fc2.weight[:, gone] = 0
     return masked
+
+
+def removed_fraction(model: VisionTransformer, pruned: VisionTransformer) -> dict[str, float]:
+    """The fraction of attention heads and of MLP neurons that ``pruned`` lacks, over all blocks.
+
+    A ratio asks for a fraction; whole heads go in steps of 1/h, rounded to the nearest (with 3 heads a
+    ratio of 0.2 removes one head, 33%, and 0.5 removes two, 67%), so notebooks report what was removed.
+    """
+    heads = [(a.attn.num_heads, b.attn.num_heads) for a, b in zip(model.blocks, pruned.blocks)]
+    neurons = [(a.mlp.fc1.out_features, b.mlp.fc1.out_features) for a, b in zip(model.blocks, pruned.blocks)]
+    return {
+        "heads": 1 - sum(b for _, b in heads) / sum(a for a, _ in heads),
+        "neurons": 1 - sum(b for _, b in neurons) / sum(a for a, _ in neurons),
+    }

@@ -12,10 +12,10 @@ ViT-specific quantizers, for the distributions that uniform quantizers serve bad
 
 * :class:`Log2Quantizer` for post-softmax attention probabilities, which follow a power law: x_hat = 2^-q
   (FQ-ViT's log2 quantizer); exact on powers of two, and its error is half a step in the log domain.
-* :class:`TwinUniform` for post-softmax and post-GELU values (PTQ4ViT): two uniform ranges, a fine one
-  for the many small values and a coarse one (its step a power-of-two multiple of the fine one) for the few
+* :class:`TwinUniform` for post-softmax and post-GELU values (after PTQ4ViT; a symmetric variant): two
+  uniform ranges, a fine one for the many small values and a coarse one (its step a power-of-two multiple of the fine one) for the few
   large ones.
-* :func:`power_of_two_factors` for LayerNorm inputs, whose channels differ in range by orders of magnitude
+* :func:`power_of_two_factors` for LayerNorm inputs, whose channels can differ widely in range
   (FQ-ViT's power-of-two factor): one layer-wide scale times a per-channel 2^alpha.
 """
 
@@ -176,12 +176,15 @@ class Log2Quantizer:
 
 
 class TwinUniform:
-    """PTQ4ViT's twin uniform quantizer for non-negative-heavy activations (softmax, GELU outputs).
+    """A twin uniform quantizer after PTQ4ViT's idea, for softmax and GELU outputs (our variant).
 
     Two ranges share the b-bit code: R1 = [lo1, hi1] with a fine step ``delta1`` for the dense bulk of
     small values, and R2 with the coarse step ``delta2 = 2^k delta1`` for the rare large ones. Each value
     uses R1 when it lies inside R1, else R2; one bit of the code says which. ``signed`` allows negative
-    values (post-GELU): then both ranges are symmetric around zero.
+    values (post-GELU): then both ranges are symmetric around zero. That symmetric form is our
+    simplification, not PTQ4ViT's: PTQ4ViT gives post-GELU values one range for the negative side and
+    another for the positive side, and chooses its scales with a Hessian-guided search, where
+    :meth:`calibrate` here minimises the plain squared error.
     """
 
     def __init__(self, delta1: float, k: int, bits: int = 8, signed: bool = False) -> None:

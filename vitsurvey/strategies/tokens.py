@@ -59,6 +59,31 @@ def schedule_step(counts: Sequence[int]) -> TokenStep:
     return step
 
 
+@torch.no_grad()
+def step_sources(vit: VisionTransformer, x: Tensor, step: TokenStep) -> list[Tensor]:
+    """Which input tokens each token stands for after every block, under a token step that keeps tokens
+    by gathering them (EViT, Patch Slimming) and may add one fused token.
+
+    Returns one (B, tokens, input tokens) bool tensor per block. A kept token is an exact copy of a
+    token that entered the step, so it is found by equality; a token that matches none is the fused
+    one, and stands for every token the step did not keep.
+    """
+    B, N = x.shape[0], vit.cfg.num_tokens
+    member = [torch.eye(N, dtype=torch.bool).expand(B, -1, -1)]
+
+    def traced(i: int, tokens: Tensor, attn: Tensor) -> Tensor:
+        out = step(i, tokens, attn)
+        before = member[-1]  # (B, in, N)
+        same = (out[:, :, None, :] == tokens[:, None, :, :]).all(-1)  # (B, out, in)
+        copied = before.gather(1, same.float().argmax(-1)[..., None].expand(-1, -1, N))
+        dropped = (before & ~same.any(1)[..., None]).any(1)  # (B, N): in tokens that nothing copies
+        member.append(torch.where(same.any(-1)[..., None], copied, dropped[:, None, :]))
+        return out
+
+    vit.forward_features(x, token_step=traced)
+    return member[1:]
+
+
 # --------------------------------------------------------------------------- EViT-style
 
 
@@ -191,18 +216,35 @@ class ToMe(nn.Module):
         y = attn_mod.proj(out.transpose(1, 2).reshape(B, N, h * d))
         return y, k.mean(dim=1)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _run(self, x: Tensor, track: bool) -> tuple[Tensor, Tensor | None]:
+        """The blocks with merging; with ``track``, also which input tokens each output token stands for."""
         vit = self.vit
-        if not any(self.schedule):  # nothing to merge: exactly the unreduced model
-            return vit.forward_features(x)
         x = vit.embed(x)
         size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        # each row: the input tokens it stands for, divided by its size, so that merging by the
+        # size-weighted mean keeps every member positive and every non-member zero
+        src = torch.eye(x.shape[1], device=x.device).expand(x.shape[0], -1, -1) if track else None
         for block, r in zip(vit.blocks, self.schedule):
             y, keys = self._attention(block, x, size)
             x = x + y
+            if src is not None:
+                src, _ = bipartite_merge(src, keys, size, r)
             x, size = bipartite_merge(x, keys, size, r)
             x = x + block.mlp(block.norm2(x))
-        return vit.norm(x)
+        return vit.norm(x), src
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if not any(self.schedule):  # nothing to merge: exactly the unreduced model
+            return self.vit.forward_features(x)
+        return self._run(x, track=False)[0]
+
+    @torch.no_grad()
+    def sources(self, x: Tensor) -> Tensor:
+        """(B, final tokens, input tokens) bool: which input tokens (0 is the class token) each token
+        that leaves the last block stands for; each input token is in exactly one group."""
+        src = self._run(x, track=True)[1]
+        assert src is not None
+        return src > 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.vit.forward_head(self.forward_features(x))
