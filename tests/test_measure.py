@@ -285,3 +285,10 @@ def test_serialized_bytes_grow_with_parameters():
     small, large = nn.Linear(10, 10), nn.Linear(100, 100)
     assert 440 < measure.serialized_bytes(small) < measure.serialized_bytes(large)
     assert measure.serialized_bytes(large) >= 4 * 10_100
+
+
+def test_autocast_module_runs_the_model_in_bf16():
+    lin = nn.Linear(4, 4)
+    out = measure.Autocast(lin)(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
+    assert measure.Autocast(lin, torch.float32)(torch.randn(2, 4)).dtype == torch.float32

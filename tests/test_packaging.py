@@ -46,3 +46,16 @@ def test_committed_notebooks_are_runnable_in_any_profile():
         assert nb.metadata["kernelspec"]["name"] == "python3", path.name
         assert "parameters" in tags, path.name
         assert "injected-parameters" not in tags, path.name
+
+
+def test_ci_installs_no_data_set_and_the_package_ships_its_own():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "dataset-" not in ci.replace("# ", "#").split("need=()")[1], "CI must not install a data set package"
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = sorted(p.name for p in (ROOT / "vitsurvey" / "embedded" / "fashion-mnist-subset").iterdir())
+    assert "embedded/fashion-mnist-subset/*" in package_data["vitsurvey"]
+    assert {"README.md", "selection.csv", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} <= set(shipped)
+    size = sum(p.stat().st_size for p in (ROOT / "vitsurvey" / "embedded").rglob("*"))
+    assert size < 5 * 2**20, "the shipped subset must stay small enough for the repository"

@@ -213,6 +213,19 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device.type, dtype=dtype)
 
 
+class Autocast(nn.Module):
+    """``model`` run under autocast to ``dtype`` (bf16 by default): a module, so that mixed precision can be
+    timed in the same interleaved rounds as fp32 (:func:`relative_throughput`)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _autocast(x.device, self.dtype):
+            return self.model(x)
+
+
 @dataclass
 class Throughput:
     """Result of a batch-size sweep: the best rate and every batch tried."""
