@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from vitsurvey import measure, models
-from vitsurvey.models import PRESETS, ViTConfig
+from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer
 from vitsurvey.profiles import PROFILES
 
 
@@ -292,3 +292,14 @@ def test_autocast_module_runs_the_model_in_bf16():
     out = measure.Autocast(lin)(torch.randn(2, 4))
     assert out.dtype == torch.bfloat16
     assert measure.Autocast(lin, torch.float32)(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_activation_bytes_grow_linearly_with_the_batch():
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)).eval()
+    one, two, five = (measure.activation_bytes(model, (3, 32, 32), b) for b in (1, 2, 5))
+    per_image = two - one
+    assert five - one == pytest.approx(4 * per_image, rel=0.05)  # linear in the batch beyond a constant
+    # far more than the logits alone: the forward pass saves its intermediate tensors for backward
+    assert per_image > 50 * 10 * 4
+    assert not model.training

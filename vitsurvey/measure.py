@@ -599,6 +599,51 @@ def training_memory(
     return Memory(peak, weights, batch_size, method)
 
 
+def activation_bytes(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+) -> int:
+    """Bytes that a training forward pass at ``batch_size`` leaves alive for the backward pass.
+
+    What autograd saves (inputs of matrix products, normalisation statistics, attention maps) is what a
+    training step holds on top of its static memory, 16 bytes per parameter in fp32 with AdamW (weights,
+    gradients, two moments). Measured directly, after the forward pass and before the backward one: CUDA's
+    allocated bytes, or on a CPU the live tensor storage created during the forward pass. (A training
+    step's *peak* is not static + activations at every batch: at small batches the optimizer update, after
+    the activations are freed, can set it; this is why the two parts are measured apart.) The count also
+    holds a part that does not grow with the batch (on a CPU, e.g. weights repacked for the kernels), so
+    the activation bytes *per image* are the slope between two batch sizes.
+    """
+    device = torch.device(device)
+    model = model.to(device).train()
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    x = torch.randn(batch_size, *input_shape, device=device)
+    try:
+        if device.type == "cuda":
+            _sync(device)
+            before = torch.cuda.memory_allocated(device)
+            with _autocast(device, torch.bfloat16 if amp else None):
+                out = model(x)
+            _sync(device)
+            held = torch.cuda.memory_allocated(device) - before
+        else:
+            tracker = _LiveTensorBytes()
+            with tracker, _autocast(device, torch.bfloat16 if amp else None):
+                out = model(x)
+                tracker._sweep()
+                held = tracker.current
+        del out
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), saved_buffers):
+                b.copy_(saved)
+        model.eval()
+    return int(held)
+
+
 def _output_classes(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device) -> int:
     with torch.inference_mode():
         return int(model.eval()(torch.zeros(1, *input_shape, device=device)).shape[-1])
