@@ -551,6 +551,23 @@ def inference_memory(
     return Memory(peak, weights, batch_size, method)
 
 
+@contextlib.contextmanager
+def _in_training_then_restored(model: nn.Module) -> Iterator[None]:
+    """Train mode for a measurement; afterwards buffers (BatchNorm statistics) as they were, no gradients,
+    eval mode, so measuring leaves the model unchanged."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    model.train()
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.grad = None
+        with torch.no_grad():
+            for b, old in zip(model.buffers(), saved):
+                b.copy_(old)
+        model.eval()
+
+
 def training_memory(
     model: nn.Module,
     input_shape: tuple[int, int, int],
@@ -567,35 +584,27 @@ def training_memory(
     device = torch.device(device)
     model = model.to(device)
     num_classes = _output_classes(model, input_shape, device)
-    model.train()
     for p in model.parameters():
         p.grad = None
     weights = tensor_bytes(_weights(model))
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
-    try:
-        x = torch.randn(batch_size, *input_shape, device=device)
-        y = torch.randint(0, num_classes, (batch_size,), device=device)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    with _in_training_then_restored(model):
+        try:
+            x = torch.randn(batch_size, *input_shape, device=device)
+            y = torch.randint(0, num_classes, (batch_size,), device=device)
+            opt = torch.optim.AdamW(model.parameters(), lr=0.0)
 
-        def step() -> None:
-            with _autocast(device, torch.bfloat16 if amp else None):
-                loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
+            def step() -> None:
+                with _autocast(device, torch.bfloat16 if amp else None):
+                    loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
 
-        peak, method = peak_memory(step, device, [*_weights(model), x, y])
-    except RuntimeError as exc:
-        if not _is_oom(exc):
-            raise
-        _free(device)
-        return Memory(None, weights, batch_size, _memory_method(device), oom=True)
-    finally:
-        for p in model.parameters():
-            p.grad = None
-        with torch.no_grad():
-            for b, saved in zip(model.buffers(), saved_buffers):
-                b.copy_(saved)
-        model.eval()
+            peak, method = peak_memory(step, device, [*_weights(model), x, y])
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            _free(device)
+            return Memory(None, weights, batch_size, _memory_method(device), oom=True)
     return Memory(peak, weights, batch_size, method)
 
 
@@ -618,10 +627,9 @@ def activation_bytes(
     the activation bytes *per image* are the slope between two batch sizes.
     """
     device = torch.device(device)
-    model = model.to(device).train()
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    model = model.to(device)
     x = torch.randn(batch_size, *input_shape, device=device)
-    try:
+    with _in_training_then_restored(model):
         if device.type == "cuda":
             _sync(device)
             before = torch.cuda.memory_allocated(device)
@@ -636,11 +644,6 @@ def activation_bytes(
                 tracker._sweep()
                 held = tracker.current
         del out
-    finally:
-        with torch.no_grad():
-            for b, saved in zip(model.buffers(), saved_buffers):
-                b.copy_(saved)
-        model.eval()
     return int(held)
 
 
