@@ -25,11 +25,11 @@ def test_fit_learns_a_learnable_task(tmp_path, monkeypatch):
     before = train.evaluate(model, te)
     calls = []
 
-    def extra(model, x, y, logits):
+    def objective(model, x, y, logits):
         calls.append(x.shape[0])
-        return 0.0 * logits.sum()
+        return train.label_loss(model, x, y, logits)
 
-    result = train.fit(model, tr, te, TINY, extra_loss=extra, log=None)
+    result = train.fit(model, tr, te, TINY, loss=objective, log=None)
     assert result.top1 > 90 > before
     assert len(result.history) == 8 and result.train_img_per_s > 0
     assert len(calls) == 8 * len(tr)
@@ -49,6 +49,16 @@ def test_baseline_is_cached_per_profile(tmp_path, monkeypatch):
     # both are kept side by side: neither overwrites the other
     assert train.checkpoint_path(p.replace(lr=1e-4)) != path and path.exists()
     assert train.baseline(p, log=None)[1] == result
+
+
+def test_label_loss_is_smoothed_cross_entropy_averaged_over_heads():
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    other = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6)
+    one = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+    assert torch.allclose(train.label_loss(None, None, y, logits), one)
+    two = torch.nn.functional.cross_entropy(other, y, label_smoothing=0.1)
+    assert torch.allclose(train.label_loss(None, None, y, (logits, other)), (one + two) / 2)
 
 
 def test_evaluate_rejects_empty():

@@ -73,6 +73,8 @@ class ViTConfig:
         """The config of a plain ViT (ours or timm's: class token, no register or distillation
         tokens, standard blocks), or None for any other architecture."""
         if isinstance(model, VisionTransformer):  # None once pruning made the blocks differ from cfg
+            if model.num_prefix_tokens != 1:  # e.g. a distillation token
+                return None
             cfg = model.cfg
             uniform = all(
                 b.attn.num_heads == cfg.num_heads and b.attn.head_dim * cfg.num_heads == cfg.embed_dim
@@ -182,6 +184,9 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT with class-token pooling; parameter names match timm's ``VisionTransformer``."""
 
+    num_prefix_tokens = 1
+    """Tokens before the patches (the class token); as timm names it."""
+
     def __init__(self, cfg: ViTConfig | None = None, **overrides: object) -> None:
         super().__init__()
         cfg = cfg or ViTConfig()
@@ -260,6 +265,28 @@ class VisionTransformer(nn.Module):
         with torch.no_grad():
             self.forward_features(x, token_step=count)
         return counts[: self.cfg.depth]
+
+
+def small_resnet(
+    in_chans: int, num_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128), blocks_per_stage: int = 1
+) -> nn.Module:
+    """A timm ResNet (basic blocks) sized for small images: a 3 x 3 stride-1 stem and no max-pool, as
+    ResNets for CIFAR-sized inputs are built, so a 28-pixel image is not reduced to 7 pixels before the
+    first block. Four stages (timm's ResNet has four), each after the first halving the resolution;
+    ``channels`` sets their widths.
+
+    Notebook 07 trains it as the convolutional teacher: timm's class, only the stem adapted."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    if len(channels) != 4 or min(channels) < 1 or channels[0] % 2:
+        raise ValueError(f"channels must be four positive widths, one per stage, the first even; not {channels!r}.")
+    # timm's plain stem is 64 wide; its "deep" stem is 2 x stem_width wide, which lets the stem match
+    # the first stage. That stem (three convolutions, stride 2) is then replaced by one stride-1 conv.
+    net = ResNet(BasicBlock, layers=(blocks_per_stage,) * len(channels), channels=channels, in_chans=in_chans,
+                 num_classes=num_classes, stem_type="deep", stem_width=channels[0] // 2)
+    net.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
 
 
 def timm_vit(cfg: ViTConfig, **kw: object) -> nn.Module:

@@ -91,6 +91,16 @@ class Profile:
     """Training images used to calibrate post-training quantization."""
     compile_int8: bool = True
     """Whether notebook 08 compiles torchao's int8 model (torch.compile takes about half a minute on a CPU)."""
+    # distillation (notebook 07)
+    student: ViTConfig = field(default_factory=lambda: _fmnist_vit(patch_size=7, embed_dim=64, depth=4, num_heads=2))
+    """The ViT that notebook 07 trains with and without a teacher: smaller than the baseline."""
+    student_samples: int | None = 20_000
+    """Training images for every student (a seeded subset; the same for each, so the steps are equal)."""
+    student_epochs: int = 3
+    teacher_channels: tuple[int, ...] = (16, 32, 64, 128)
+    """Widths of the convolutional teacher's stages (:func:`vitsurvey.models.small_resnet`)."""
+    teacher_epochs: int | None = None
+    """Epochs of the teacher's training (``None``: the baseline's ``epochs``)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -107,6 +117,11 @@ class Profile:
         if self.token_baseline is None:
             return self
         return self.replace(baseline=self.token_baseline, epochs=self.token_baseline_epochs or self.epochs)
+
+    def for_students(self) -> Profile:
+        """This profile with the distillation student as its baseline, trained on ``student_samples``
+        images for ``student_epochs`` (notebook 07)."""
+        return self.replace(baseline=self.student, train_samples=self.student_samples, epochs=self.student_epochs)
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
@@ -154,6 +169,10 @@ PROFILES: dict[str, Profile] = {
         compile_int8=False,
         protocol_models=("vit_tiny_patch16_224", "deit_tiny_patch16_224", "resnet50"),
         s3_models=2,
+        student=_fmnist_vit(patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0),
+        student_samples=256,
+        student_epochs=1,
+        teacher_channels=(8, 8, 16, 16),
     ),
     "cpu": Profile(
         name="cpu",
@@ -165,13 +184,16 @@ PROFILES: dict[str, Profile] = {
         token_baseline=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=4),
         token_baseline_epochs=2,
         epochs=6,
+        teacher_epochs=3,  # the small ResNet passes the baseline's accuracy in half its epochs
         batch_size=128,
         lr=2e-3,
         augment=False,  # at 6 epochs augmentation costs more accuracy than it gains
         warmup_epochs=0.3,
         bench_batch_sizes=(1, 8, 32, 64),
-        bench_warmup=2,
-        bench_iters=5,
+        # per timing: 1 warm-up and >= 3 passes over >= 1 s; the spread comes from the interleaved rounds,
+        # so more short rounds say more than fewer long ones
+        bench_warmup=1,
+        bench_iters=3,
         bench_min_seconds=1.0,
         latency_iters=20,
         resolutions=(64, 96, 128, 160, 224, 288),
@@ -202,6 +224,10 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=3,
         slim_sample=256,
         slim_finetune_steps=50,
+        student=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=2),
+        student_samples=None,
+        student_epochs=10,
+        teacher_channels=(64, 128, 256, 512),
         protocol_models=_PROTOCOL_MODELS,
     ),
 }

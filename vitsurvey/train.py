@@ -1,8 +1,9 @@
 """One small training loop, so that no notebook writes its own.
 
 AdamW with linear warm-up and cosine decay, label smoothing, light augmentation (random shifts and
-horizontal flips, done on whole batches), bf16 autocast on CUDA, seeded. ``extra_loss`` adds a term
-to the loss (knowledge distillation uses it), so variants reuse the loop instead of copying it.
+horizontal flips, done on whole batches), bf16 autocast on CUDA, seeded. The ``loss`` hook replaces
+the objective (knowledge distillation wraps :func:`label_loss` in it), so variants reuse the loop
+instead of copying it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import data as vdata
-from .models import ViTConfig, VisionTransformer
+from .models import ViTConfig, VisionTransformer, small_resnet
 from .profiles import Profile
 from .results import project_root
 
-ExtraLoss = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
-"""``extra_loss(model, images, labels, logits) -> scalar`` added to the cross-entropy."""
+Outputs = Tensor | tuple[Tensor, ...]
+"""What a model returns in training mode: logits, or one logits tensor per head (a distillation token's
+model returns two)."""
+Loss = Callable[[nn.Module, Tensor, Tensor, Outputs], Tensor]
+"""``loss(model, images, labels, outputs) -> scalar``: the training objective :func:`fit` minimises."""
+
+LABEL_SMOOTHING = 0.1
+
+
+def label_loss(model: nn.Module, images: Tensor, labels: Tensor, outputs: Outputs) -> Tensor:
+    """The default objective: cross-entropy with label smoothing 0.1 (as DeiT trains); for a model with
+    several heads, the mean over the heads."""
+    heads = outputs if isinstance(outputs, tuple) else (outputs,)
+    return sum(F.cross_entropy(h.float(), labels, label_smoothing=LABEL_SMOOTHING) for h in heads) / len(heads)
 
 
 def seed_everything(seed: int) -> None:
@@ -89,10 +102,14 @@ def fit(
     test_loader: DataLoader,
     profile: Profile,
     device: str | torch.device | None = None,
-    extra_loss: ExtraLoss | None = None,
+    loss: Loss | None = None,
     log: Callable[[str], None] | None = print,
 ) -> TrainResult:
-    """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch."""
+    """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch.
+
+    ``loss`` is the objective (default :func:`label_loss`); it sees the images after augmentation, so a
+    teacher that it calls sees what the student sees."""
+    objective = loss or label_loss
     device = torch.device(device or profile.device)
     seed_everything(profile.seed)
     model.to(device)
@@ -125,16 +142,13 @@ def fit(
             if profile.augment:
                 x = augment(x, generator=gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model, x, y, logits)
+                value = objective(model, x, y, model(x))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            running += loss.item() * y.numel()
+            running += value.item() * y.numel()
             seen += y.numel()
         elapsed = time.perf_counter() - start
         top1 = evaluate(model, test_loader, device)
@@ -150,7 +164,7 @@ def finetune(
     model: nn.Module,
     profile: Profile,
     root: str | Path | None = None,
-    extra_loss: ExtraLoss | None = None,
+    loss: Loss | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """The short recovery training after compression: the profile's fine-tune size, epochs and learning
@@ -160,7 +174,7 @@ def finetune(
         warmup_epochs=0.1, augment=False,
     )
     train_loader, test_loader = vdata.loaders(p, root)
-    return fit(model, train_loader, test_loader, p, extra_loss=extra_loss, log=log)
+    return fit(model, train_loader, test_loader, p, loss=loss, log=log)
 
 
 def baseline_config(profile: Profile) -> ViTConfig:
@@ -175,46 +189,70 @@ def baseline_config(profile: Profile) -> ViTConfig:
     )
 
 
-def checkpoint_path(profile: Profile) -> Path:
-    """Where the profile's baseline is kept: named by profile, data set and a digest of the training
-    settings, so baselines trained differently (e.g. notebook 06's many-token one) never overwrite
-    each other."""
-    settings = json.dumps(_training_settings(profile), sort_keys=True, default=str)
-    digest = hashlib.sha1(settings.encode()).hexdigest()[:8]
-    return project_root() / "checkpoints" / f"baseline_{profile.name}_{profile.dataset}_{digest}.pt"
-
-
 TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epochs", "batch_size", "lr",
                    "weight_decay", "warmup_epochs", "augment", "amp", "seed")
-"""The profile fields that decide what training produces; a checkpoint is reused only if they match."""
+"""The profile fields that decide what training the baseline produces; a checkpoint is reused only if
+they match. The teacher's settings replace ``baseline`` by ``teacher_channels``."""
 
 
-def _training_settings(profile: Profile) -> dict:
-    return {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS}
+def _training_settings(profile: Profile, kind: str = "baseline") -> dict:
+    settings = {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS}
+    if kind == "teacher":
+        settings.pop("baseline")
+        settings["teacher_channels"] = profile.teacher_channels
+    return settings
 
 
-def save(model: VisionTransformer, result: TrainResult, path: Path, profile: Profile) -> None:
-    """Save weights, config, training record and the profile that trained them; atomically."""
+def checkpoint_path(profile: Profile, kind: str = "baseline") -> Path:
+    """Where the profile's trained ``kind`` (``"baseline"`` or ``"teacher"``) is kept: named by profile,
+    data set and a digest of the training settings, so models trained differently (e.g. notebook 06's
+    many-token baseline) never overwrite each other."""
+    settings = json.dumps(_training_settings(profile, kind), sort_keys=True, default=str)
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:8]
+    return project_root() / "checkpoints" / f"{kind}_{profile.name}_{profile.dataset}_{digest}.pt"
+
+
+def save(model: nn.Module, result: TrainResult, path: Path, settings: dict) -> None:
+    """Save weights, the ViT config (for a ViT), training record and training settings; atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
-            "config": asdict(model.cfg),
+            "config": asdict(model.cfg) if isinstance(model, VisionTransformer) else None,
             "state_dict": model.state_dict(),
             "result": asdict(result),
-            "trained_with": _training_settings(profile),
+            "trained_with": settings,
         },
         tmp,
     )
     os.replace(tmp, path)
 
 
-def load(path: Path) -> tuple[VisionTransformer, TrainResult, dict]:
-    """A saved model, its training record, and the training settings (a dict) that produced it."""
+def load(path: Path, build: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, TrainResult, dict]:
+    """A saved model, its training record, and the training settings (a dict) that produced it.
+    ``build`` makes the empty model to load into (default: the ViT the checkpoint's config describes)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = VisionTransformer(ViTConfig(**ckpt["config"]))
+    model = build() if build is not None else VisionTransformer(ViTConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), TrainResult(**ckpt["result"]), ckpt.get("trained_with", {})
+
+
+def _trained_once(
+    kind: str, build: Callable[[], nn.Module], profile: Profile, root: str | Path | None, retrain: bool,
+    log: Callable[[str], None] | None,
+) -> tuple[nn.Module, TrainResult]:
+    """Load ``kind`` from ``checkpoints/`` if it was trained with these settings, else train and save it."""
+    path, settings = checkpoint_path(profile, kind), _training_settings(profile, kind)
+    if path.exists() and not retrain:
+        model, result, trained_by = load(path, build)
+        if trained_by == settings:
+            return model, result
+    seed_everything(profile.seed)
+    model = build()
+    train_loader, test_loader = vdata.loaders(profile, root)
+    result = fit(model, train_loader, test_loader, profile, log=log)
+    save(model.cpu().eval(), result, path, settings)
+    return model, result
 
 
 def baseline(
@@ -225,14 +263,24 @@ def baseline(
 ) -> tuple[VisionTransformer, TrainResult]:
     """The profile's trained baseline ViT: loaded from ``checkpoints/`` if it was trained before with
     the same training settings (:data:`TRAINING_FIELDS`), else trained now on the profile's data and saved."""
-    path = checkpoint_path(profile)
-    if path.exists() and not retrain:
-        model, result, trained_by = load(path)
-        if trained_by == _training_settings(profile):
-            return model, result
-    seed_everything(profile.seed)
-    model = VisionTransformer(baseline_config(profile))
-    train_loader, test_loader = vdata.loaders(profile, root)
-    result = fit(model, train_loader, test_loader, profile, log=log)
-    save(model.cpu().eval(), result, path, profile)
+    model, result = _trained_once("baseline", lambda: VisionTransformer(baseline_config(profile)), profile, root,
+                                  retrain, log)
+    assert isinstance(model, VisionTransformer)
     return model, result
+
+
+def teacher(
+    profile: Profile,
+    root: str | Path | None = None,
+    retrain: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> tuple[nn.Module, TrainResult]:
+    """The profile's convolutional teacher for distillation (notebook 07): a small timm ResNet
+    (:func:`vitsurvey.models.small_resnet`, widths ``teacher_channels``), trained like the baseline on
+    the same data, for ``teacher_epochs``, once per profile and then loaded from ``checkpoints/``."""
+    p = profile.replace(epochs=profile.teacher_epochs or profile.epochs)
+    info = vdata.DATASETS[p.dataset]
+    cfg = baseline_config(p)
+    return _trained_once(
+        "teacher", lambda: small_resnet(info.channels, cfg.num_classes, p.teacher_channels), p, root, retrain, log
+    )
