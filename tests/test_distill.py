@@ -127,6 +127,9 @@ def test_distillation_token_costs_one_token_more():
     extra_params = measure.count_params(model) - measure.count_params(plain)
     assert extra_params == CFG.embed_dim * 2 + CFG.embed_dim * CFG.num_classes + CFG.num_classes
     assert measure.count_macs(model, x1).total > measure.count_macs(plain, x1).total
+    assert measure.vit_macs(model)["total"] == measure.count_macs(model, x1).total  # one more token, one more head
+    by_hand = measure.vit_macs(CFG, tokens=CFG.num_tokens + 1)["total"] + CFG.embed_dim * CFG.num_classes
+    assert measure.vit_macs(model)["total"] == by_hand
 
 
 def test_small_resnet_fits_small_images():

@@ -149,7 +149,8 @@ def vit_macs(
     ``vit`` is a :class:`ViTConfig`, or a :class:`~vitsurvey.models.VisionTransformer` whose blocks may
     have been pruned to fewer heads or MLP neurons (their actual shapes are read). ``tokens`` is the
     number of tokens entering every block, or a list with one count per block (token reduction);
-    default 1 + patches. ``merges`` (ToMe) is the number of tokens merged inside each block, between
+    default the prefix tokens (the class token, and a distillation token where the model has one) plus
+    the patches. ``merges`` (ToMe) is the number of tokens merged inside each block, between
     attention and MLP: that block's MLP and second LayerNorm then see ``tokens - merges`` tokens, and the
     bipartite matching costs ceil(N/2) * floor(N/2) * d MACs (cosine similarities of the head-averaged
     keys, d the head width). The final LayerNorm sees what the last block outputs.
@@ -164,7 +165,9 @@ def vit_macs(
     else:
         shapes = [(b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features, b.attn.num_heads)  # type: ignore[union-attr]
                   for b in vit.blocks]  # type: ignore[union-attr]
-    counts = [cfg.num_tokens] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
+    prefix = getattr(vit, "num_prefix_tokens", 1)
+    default = cfg.num_patches + prefix
+    counts = [default] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
     merged = [0] * L if merges is None else list(merges)
     if len(counts) != L or len(merged) != L:
         raise ValueError(f"tokens and merges need one count per block ({L} blocks); "
@@ -184,8 +187,9 @@ def vit_macs(
         if r:
             out["token_matching"] += ((N + 1) // 2) * (N // 2) * (inner // heads)
     out["layer_norm"] += 5 * (counts[-1] - merged[-1]) * D  # the final norm
+    heads = 2 if getattr(vit, "head_dist", None) is not None else 1  # DeiT's distillation head
     out = {"patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D, **out,
-           "head": D * cfg.num_classes}
+           "head": heads * D * cfg.num_classes}
     out["total"] = sum(out.values())
     return out
 
