@@ -69,6 +69,10 @@ def test_run_executes_and_passes_the_profile(tmp_path, capsys):
     assert "[1/1] 01_ok ... done" in capsys.readouterr().out
     executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
     assert "profile is cpu" in executed.cells[-1].outputs[0]["text"]
+    # papermill's record of where it read and wrote keeps file names, not this machine's directories
+    paths = {k: executed.metadata["papermill"][k] for k in ("input_path", "output_path")}
+    assert paths == {"input_path": "01_ok.ipynb", "output_path": "01_ok.ipynb"}
+    assert str(tmp_path) not in (out / "01_ok.ipynb").read_text()
 
 
 def test_run_failure_names_notebook_and_cell(tmp_path, capsys):

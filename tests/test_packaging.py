@@ -48,6 +48,16 @@ def test_committed_notebooks_are_runnable_in_any_profile():
         assert "injected-parameters" not in tags, path.name
 
 
+def test_committed_notebooks_name_no_directory_of_the_machine_that_ran_them():
+    """papermill records where it read and wrote a notebook; `python -m vitsurvey run` keeps file names only."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        pm = nbformat.read(path, as_version=4).metadata.get("papermill", {})
+        for key in ("input_path", "output_path"):
+            assert pm.get(key) in (None, path.name), (path.name, key, pm.get(key))
+
+
 def test_ci_installs_no_data_set_and_the_package_ships_its_own():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "dataset-" not in ci.replace("# ", "#").split("need=()")[1], "CI must not install a data set package"

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -111,8 +110,10 @@ def _notebooks_dir() -> Path:
     return (repository_root() or Path.cwd()) / "notebooks"
 
 
-def _drop_injected_parameters(src: str, dest: Path) -> None:
-    """Copy an executed notebook without papermill's ``injected-parameters`` cell.
+def _finish(src: str, dest: Path, name: str, drop_injected: bool) -> None:
+    """Write an executed notebook to ``dest`` with papermill's paths reduced to ``name`` (they name
+    this machine's directories and a temporary file), and, when the notebook is rewritten in place,
+    without papermill's ``injected-parameters`` cell.
 
     A notebook rewritten in place keeps its own ``parameters`` cell (``profile = "auto"``): an injected
     ``profile = "cpu"`` left behind would override ``$VITSURVEY_PROFILE`` in every later run, nbval's
@@ -121,7 +122,12 @@ def _drop_injected_parameters(src: str, dest: Path) -> None:
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    if drop_injected:
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    pm = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if pm.get(key):
+            pm[key] = name
     nbformat.write(nb, str(dest))
 
 
@@ -176,10 +182,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
         staged = dest.with_name(f".{dest.name}.tmp")
-        if dest.resolve() == path.resolve():
-            _drop_injected_parameters(tmp, staged)
-        else:
-            shutil.copyfile(tmp, staged)
+        _finish(tmp, staged, dest.name, drop_injected=dest.resolve() == path.resolve())
         os.replace(staged, dest)
         os.unlink(tmp)
         print(f"done in {time.perf_counter() - start:.0f} s -> {dest}")
