@@ -279,8 +279,7 @@ def teacher(
     (:func:`vitsurvey.models.small_resnet`, widths ``teacher_channels``), trained like the baseline on
     the same data, for ``teacher_epochs``, once per profile and then loaded from ``checkpoints/``."""
     p = profile.replace(epochs=profile.teacher_epochs or profile.epochs)
-    info = vdata.DATASETS[p.dataset]
-    cfg = baseline_config(p)
+    cfg = baseline_config(p)  # the data set's channels and classes
     return _trained_once(
-        "teacher", lambda: small_resnet(info.channels, cfg.num_classes, p.teacher_channels), p, root, retrain, log
+        "teacher", lambda: small_resnet(cfg.in_chans, cfg.num_classes, p.teacher_channels), p, root, retrain, log
     )
