@@ -325,7 +325,8 @@ class Timings:
         return self.rates[name]
 
     def table(self) -> Any:
-        """One row per model: median img/s with its IQR, and the speed-up over the reference."""
+        """One row per model: median img/s with its IQR, and the speed-up over the reference with its
+        IQR and range (the verdict follows the range: :class:`~vitsurvey.metrics.Spread`)."""
         import pandas as pd
 
         rows = []
@@ -334,7 +335,7 @@ class Timings:
             rows.append({
                 "model": name, "batch": self.batch_size[name],
                 "img/s": r.median, "img/s q1": r.q1, "img/s q3": r.q3,
-                f"x {self.reference}": q.median, "x q1": q.q1, "x q3": q.q3,
+                f"x {self.reference}": q.median, "x q1": q.q1, "x q3": q.q3, "x low": q.low, "x high": q.high,
                 "verdict": "reference" if name == self.reference else q.verdict(),
             })
         return pd.DataFrame(rows).set_index("model")

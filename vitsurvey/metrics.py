@@ -27,9 +27,12 @@ DIRECTIONS = ("min", "max")
 class Spread:
     """Median and spread of repeated measurements of one quantity (a rate, or a ratio of rates).
 
-    The interquartile range (``q1`` to ``q3``, numpy's linear interpolation) is the spread quoted in
-    the notebooks: it ignores one stray round, yet narrows as rounds are added; ``low`` and ``high``
-    are the extremes, for the reader who wants them.
+    The range (``low`` to ``high``, the extremes over the rounds) decides the verdict: on a shared
+    machine whose speed drifts over minutes, reruns of one comparison were found to agree within each
+    other's range but not always within each other's interquartile range (``q1`` to ``q3``, numpy's
+    linear interpolation), which is narrower because rounds taken a few seconds apart are correlated.
+    The IQR stays available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough
+    rounds.
     """
 
     median: float
@@ -53,19 +56,19 @@ class Spread:
         return (self.q3 - self.q1) / abs(self.median) if self.median else math.inf
 
     def excludes(self, value: float = 1.0) -> bool:
-        """True when the whole interquartile range lies on one side of ``value``."""
-        return self.q1 > value or self.q3 < value
+        """True when every round lies on one side of ``value`` (the range excludes it)."""
+        return self.low > value or self.high < value
 
     def verdict(self, value: float = 1.0) -> str:
-        """For a ratio of rates: ``faster``, ``slower``, or ``within noise`` (IQR includes ``value``)."""
+        """For a ratio of rates: ``faster``, ``slower``, or ``within noise`` (the range includes ``value``)."""
         if not self.excludes(value):
             return "within noise"
         return "faster" if self.median > value else "slower"
 
     def format(self, digits: int = 2, unit: str = "") -> str:
-        """``1.32x (IQR 1.25-1.40, 7 rounds)``-style text, with ``unit`` after each number."""
+        """``1.32x (range 1.18-1.47, 7 rounds)``-style text, with ``unit`` after each number."""
         f = f"{{:.{digits}f}}{unit}"
-        return f"{f.format(self.median)} (IQR {f.format(self.q1)}-{f.format(self.q3)}, {self.n} rounds)"
+        return f"{f.format(self.median)} (range {f.format(self.low)}-{f.format(self.high)}, {self.n} rounds)"
 
 
 def speedup_phrase(spread: Spread, digits: int = 2) -> str:
