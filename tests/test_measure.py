@@ -168,7 +168,8 @@ def test_benchmark_models_skips_unknown_and_records_out_of_memory(monkeypatch):
     smoke_rounds = PROFILES["smoke"].timing_rounds
     assert oom["timing_rounds"] == ok["timing_rounds"] == smoke_rounds
     assert ok["reference"] == "oom_above_1" and oom["relative_throughput"] == 1.0
-    assert ok["throughput_q1"] <= ok["throughput_img_s"] <= ok["throughput_q3"]
+    assert ok["throughput_low"] <= ok["throughput_q1"] <= ok["throughput_img_s"] <= ok["throughput_q3"] <= ok["throughput_high"]
+    assert ok["relative_low"] <= ok["relative_throughput"] <= ok["relative_high"]
     assert by_name["vit_tiny_patch16_2244"]["throughput_img_s"] is None
 
 

@@ -298,7 +298,7 @@ class Timings:
     """Images per second of several models, timed in interleaved rounds: every rate of every round.
 
     Ratios are taken within a round (model over reference, timed moments apart), so a drift in the
-    machine's speed between rounds cancels; their median and interquartile range over the rounds is
+    machine's speed between rounds cancels; their median and range (lowest to highest) over the rounds is
     the speed-up a notebook quotes (:meth:`ratio`), and :meth:`table` is what it shows.
     """
 
@@ -325,8 +325,8 @@ class Timings:
         return self.rates[name]
 
     def table(self) -> Any:
-        """One row per model: median img/s with its IQR, and the speed-up over the reference with its
-        IQR and range (the verdict follows the range: :class:`~vitsurvey.metrics.Spread`)."""
+        """One row per model: median img/s with its range, and the speed-up over the reference with its
+        range and IQR (the verdict follows the range: :class:`~vitsurvey.metrics.Spread`)."""
         import pandas as pd
 
         rows = []
@@ -334,8 +334,8 @@ class Timings:
             r, q = self.rate(name), self.ratio(name)
             rows.append({
                 "model": name, "batch": self.batch_size[name],
-                "img/s": r.median, "img/s q1": r.q1, "img/s q3": r.q3,
-                f"x {self.reference}": q.median, "x q1": q.q1, "x q3": q.q3, "x low": q.low, "x high": q.high,
+                "img/s": r.median, "img/s low": r.low, "img/s high": r.high,
+                f"x {self.reference}": q.median, "x low": q.low, "x high": q.high, "x q1": q.q1, "x q3": q.q3,
                 "verdict": "reference" if name == self.reference else q.verdict(),
             })
         return pd.DataFrame(rows).set_index("model")
@@ -752,9 +752,10 @@ def benchmark_models(
     that ran is timed again, interleaved with the others, so their rates can be compared.
 
     The sweep finds each model's best batch; the reported ``throughput_img_s`` is then the median over
-    the profile's interleaved rounds at that batch (:func:`relative_throughput`), with its quartiles
-    (``throughput_q1``, ``throughput_q3``) and the ratio to ``reference`` (default: the first model that
-    ran) in ``relative_throughput`` with its quartiles. A machine whose speed drifts between two runs
+    the profile's interleaved rounds at that batch (:func:`relative_throughput`), with its range
+    (``throughput_low``, ``throughput_high``) and quartiles (``throughput_q1``, ``throughput_q3``), and the
+    ratio to ``reference`` (default: the first model that ran) in ``relative_throughput`` with the same
+    four (``relative_low`` ... ``relative_q3``); the range is the spread to quote (:class:`~vitsurvey.metrics.Spread`). A machine whose speed drifts between two runs
     (a shared CPU can differ by 2x from one hour to the next) moves absolute rates, not these ratios:
     compare runs by ratio. The sweep's best single timing stays in ``sweep_best_img_s``.
 
@@ -804,9 +805,11 @@ def benchmark_models(
         for name in kept:
             rate, ratio = timings.rate(name), timings.ratio(name)
             by_name[name].update({
-                "throughput_img_s": rate.median, "throughput_q1": rate.q1, "throughput_q3": rate.q3,
+                "throughput_img_s": rate.median, "throughput_low": rate.low, "throughput_high": rate.high,
+                "throughput_q1": rate.q1, "throughput_q3": rate.q3,
                 "timing_rounds": rate.n, "reference": timings.reference,
-                "relative_throughput": ratio.median, "relative_q1": ratio.q1, "relative_q3": ratio.q3,
+                "relative_throughput": ratio.median, "relative_low": ratio.low, "relative_high": ratio.high,
+                "relative_q1": ratio.q1, "relative_q3": ratio.q3,
             })
         if log:
             log(f"interleaved: {timings.rounds} rounds over {len(kept)} models, relative to {timings.reference}")
