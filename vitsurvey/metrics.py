@@ -27,12 +27,12 @@ DIRECTIONS = ("min", "max")
 class Spread:
     """Median and spread of repeated measurements of one quantity (a rate, or a ratio of rates).
 
-    The range (``low`` to ``high``, the extremes over the rounds) decides the verdict: on a shared
-    machine whose speed drifts over minutes, reruns of one comparison were found to agree within each
-    other's range but not always within each other's interquartile range (``q1`` to ``q3``, numpy's
-    linear interpolation), which is narrower because rounds taken a few seconds apart are correlated.
-    The IQR stays available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough
-    rounds.
+    The range (``low`` to ``high``, the extremes over the rounds) decides the verdict: it is the widest
+    honest statement of one run's spread, wider than the interquartile range (``q1`` to ``q3``, numpy's
+    linear interpolation), which rounds taken seconds apart, sharing the machine's state of the moment,
+    make narrow. Neither covers the change between runs minutes apart: on a shared CPU two runs' ranges
+    can fail to overlap (notebook 11 compares its ratios with notebook 02's run). The IQR stays
+    available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough rounds.
     """
 
     median: float
