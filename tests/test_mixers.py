@@ -229,6 +229,9 @@ def test_circulant_share_is_one_for_translation_invariant_mixing() -> None:
     torch.manual_seed(0)
     random = torch.rand(5, g * g + 1, g * g + 1)
     share = mixers.circulant_share(random, g)
-    assert ((share > 0) & (share < 1)).all()
+    assert share.shape == (5,) and ((share > 0) & (share < 1)).all()
+    # one kernel for all five keeps at most what each keeps with its own (Jensen); the same circulant five times, all
+    assert float(mixers.circulant_share(random, g, shared=True)) < float(share.max())
+    assert abs(float(mixers.circulant_share(attn.expand(5, -1, -1), g, shared=True)) - 1.0) < 1e-5
     with pytest.raises(ValueError, match="not a 3 x 3 grid"):
         mixers.circulant_share(random, 3)

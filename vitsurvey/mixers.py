@@ -469,26 +469,43 @@ def truncate_attention(model: nn.Module, rank: int) -> nn.Module:
     return out
 
 
-def circulant_projection(attn: Tensor, grid: int, prefix: int = 1) -> Tensor:
-    """For each attention matrix (..., N, N), its patch-to-patch part (the ``prefix`` tokens dropped)
-    projected orthogonally onto the 2-D circulant matrices of a ``grid`` x ``grid`` torus: the mixing
-    weight of patch (i, j) on patch (i + a, j + b) replaced by its average over all (i, j). Those are
-    the matrices a global filter (GFNet's Fourier mixer) applies: translation-invariant, the same at
-    every position. Returns the (..., grid, grid) kernel c[a, b]."""
-    p = attn[..., prefix:, prefix:]
-    if p.shape[-1] != grid * grid:
-        raise ValueError(f"{p.shape[-1]} patch tokens after {prefix} prefix tokens is not a {grid} x {grid} grid.")
+def _circulant_kernel(p: Tensor, grid: int) -> Tensor:
+    """Orthogonal projection of (..., grid^2, grid^2) matrices onto 2-D circulant ones, as kernels c[a, b]."""
     q = p.reshape(*p.shape[:-2], grid, grid, grid, grid)  # [i, j, i', j']
     r = torch.arange(grid)
     i, j = r[:, None, None, None], r[None, :, None, None]
     a, b = r[None, None, :, None], r[None, None, None, :]
-    shifted = q[..., i, j, (i + a) % grid, (j + b) % grid]  # [i, j, a, b]
-    return shifted.mean((-4, -3))
+    return q[..., i, j, (i + a) % grid, (j + b) % grid].mean((-4, -3))  # [i, j, a, b] averaged over (i, j)
 
 
-def circulant_share(attn: Tensor, grid: int, prefix: int = 1) -> Tensor:
-    """Fraction of each patch-to-patch attention matrix's energy (squared Frobenius norm) that its
-    :func:`circulant_projection` keeps: 1 for purely translation-invariant mixing."""
+def _patch_block(attn: Tensor, grid: int, prefix: int) -> Tensor:
     p = attn[..., prefix:, prefix:]
-    kept = grid * grid * circulant_projection(attn, grid, prefix).square().sum((-2, -1))
-    return kept / p.square().sum((-2, -1))
+    if p.shape[-1] != grid * grid or p.shape[-2] != grid * grid:
+        raise ValueError(f"{p.shape[-1]} patch tokens after {prefix} prefix tokens is not a {grid} x {grid} grid.")
+    return p
+
+
+def circulant_projection(attn: Tensor, grid: int, prefix: int = 1) -> Tensor:
+    """For each attention matrix (..., N, N), its patch-to-patch part (the ``prefix`` tokens dropped)
+    projected orthogonally onto the 2-D circulant matrices of a ``grid`` x ``grid`` torus: the weight of
+    patch (i + a, j + b) in the output of patch (i, j) replaced by its average over all (i, j). Those are
+    the matrices a global filter (GFNet's Fourier mixer) applies: translation-invariant, the same at
+    every position. Returns the (..., grid, grid) kernel c[a, b]."""
+    return _circulant_kernel(_patch_block(attn, grid, prefix), grid)
+
+
+def circulant_share(attn: Tensor, grid: int, prefix: int = 1, shared: bool = False) -> Tensor:
+    """Fraction of the patch-to-patch attention's energy (squared Frobenius norm) that circulant mixing
+    keeps, after removing each matrix's mean (a uniform matrix is circulant, and would otherwise count
+    as structure explained). 1 for purely translation-invariant mixing.
+
+    ``attn`` is (B, ..., N, N). Per matrix by default, (B, ...); with ``shared``, one kernel for all B
+    matrices (the batch mean of their kernels, the projection onto input-independent mixing, which is
+    what GFNet's learned filter is), returning (...)."""
+    p = _patch_block(attn, grid, prefix)
+    p = p - p.mean((-2, -1), keepdim=True)
+    kernel = _circulant_kernel(p, grid)
+    total = p.square().sum((-2, -1))
+    if shared:
+        return grid * grid * p.shape[0] * kernel.mean(0).square().sum((-2, -1)) / total.sum(0)
+    return grid * grid * kernel.square().sum((-2, -1)) / total
