@@ -151,6 +151,7 @@ def test_mixers_cheaper_at_every_size(name: str) -> None:
     ({"mixer": "lowrank", "rank": 0}, "rank=0"),
     ({"mixer": "lowrank", "rank": -2}, "rank=-2"),
     ({"mixer": "linear", "features": -1}, "features=-1"),
+    ({"mixer": "linear", "features": 2.5}, "features=2.5 must be a whole number"),
     ({"mixer": "pool", "kernel": 4}, "odd kernel"),
     ({"mixer": "conv", "kernel": 0}, "odd kernel"),
     ({"mixer": "attention", "window": 4}, "window=4 is set, but mixer 'attention' does not use it"),
@@ -235,3 +236,12 @@ def test_circulant_share_is_one_for_translation_invariant_mixing() -> None:
     assert abs(float(mixers.circulant_share(attn.expand(5, -1, -1), g, shared=True)) - 1.0) < 1e-5
     with pytest.raises(ValueError, match="not a 3 x 3 grid"):
         mixers.circulant_share(random, 3)
+
+
+def test_singular_values_match_the_definition() -> None:
+    torch.manual_seed(0)
+    attn = torch.randn(3, 6, 6).softmax(-1)
+    s = mixers.singular_values(attn)
+    gram = torch.linalg.eigvalsh((attn.mT @ attn).double()).flip(-1).clamp_min(0).sqrt()
+    torch.testing.assert_close(s, gram, atol=1e-6, rtol=1e-6)
+    assert torch.get_num_threads() >= 1

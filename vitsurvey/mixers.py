@@ -36,7 +36,9 @@ Where a paper's detail is not followed the class says so ("our design"). :func:`
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -304,6 +306,8 @@ def check(cfg: ViTConfig) -> None:
         raise ValueError(f"Unknown mixer {cfg.mixer!r}; choose one of {', '.join(MIXERS)}.")
     own = MIXERS[cfg.mixer]
     for field in ("window", "features", "rank", "reduction", "kernel"):
+        if not isinstance(getattr(cfg, field), int):
+            raise ValueError(f"{field}={getattr(cfg, field)!r} must be a whole number.")
         if field != own and getattr(cfg, field):
             raise ValueError(f"{field}={getattr(cfg, field)} is set, but mixer {cfg.mixer!r} does not use it; "
                              f"leave it 0 (ViTConfig.with_mixer resets the other mixers' settings).")
@@ -431,9 +435,28 @@ def best_low_rank(attn: Tensor, rank: int) -> Tensor:
     on these matrices; it is the yardstick, not a method (an SVD costs far more than attention)."""
     if rank < 1:
         raise ValueError(f"rank must be at least 1, not {rank}.")
-    u, s, vh = torch.linalg.svd(attn, full_matrices=False)
+    with _one_thread():
+        u, s, vh = torch.linalg.svd(attn.double(), full_matrices=False)
     k = min(rank, s.shape[-1])
-    return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]
+    return ((u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]).to(attn.dtype)
+
+
+def singular_values(attn: Tensor) -> Tensor:
+    """Singular values of each N x N matrix in ``attn`` (..., N, N), largest first, in float64."""
+    with _one_thread():
+        return torch.linalg.svdvals(attn.double())
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Batched SVDs of many small matrices gain nothing from threads, and on a busy 2-core machine
+    LAPACK's threads were seen to slow them 100-fold (oversubscription); run them on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class RankTruncatedAttention(Attention):

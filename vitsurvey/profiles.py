@@ -107,6 +107,8 @@ class Profile:
     mixer_epochs: int = 3
     mixer_grids: tuple[int, ...] = (4, 8, 16, 32, 64)
     """Token grids (patches per side) at which every mixer layer is counted and timed: N = side^2 tokens."""
+    mixer_models: int | None = None
+    """How many of notebook 04's timm production models (one per mixer family) it profiles (None: all)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -187,6 +189,7 @@ PROFILES: dict[str, Profile] = {
         mixer_samples=256,
         mixer_epochs=1,
         mixer_grids=(4, 8),
+        mixer_models=2,
     ),
     "cpu": Profile(
         name="cpu",
