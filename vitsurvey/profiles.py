@@ -102,7 +102,7 @@ class Profile:
     teacher_epochs: int | None = None
     """Epochs of the teacher's training (``None``: the baseline's ``epochs``)."""
     # token mixers (notebook 04)
-    mixer_samples: int | None = 10_000
+    mixer_samples: int | None = 6_000
     """Training images for every mixer's model (a seeded subset; the same for each, so the steps are equal)."""
     mixer_epochs: int = 3
     mixer_grids: tuple[int, ...] = (4, 8, 16, 32, 64)
