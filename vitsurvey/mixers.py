@@ -98,16 +98,14 @@ class Attention(nn.Module):
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        q, k, v = _qkv(self, x)  # each (B, heads, N, head_dim)
         if need_weights:
             attn = self.probabilities(q, k)
             out = attn @ v
         else:  # the fused kernel never materialises the N x N matrix
             attn = None
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)), attn
+        return self.proj(_merge_heads(out)), attn
 
 
 class _QKVMixer(nn.Module):
