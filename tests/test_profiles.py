@@ -53,3 +53,13 @@ def test_profiles_grow_in_size():
 def test_replace_keeps_the_rest():
     p = profiles.PROFILES["smoke"].replace(epochs=3)
     assert p.epochs == 3 and p.batch_size == profiles.PROFILES["smoke"].batch_size
+
+
+def test_mixer_study_budget_and_grids():
+    for p in profiles.PROFILES.values():
+        m = p.for_mixers()
+        assert (m.train_samples, m.epochs) == (p.mixer_samples, p.mixer_epochs)
+        assert m.baseline == p.baseline and m.batch_size == p.batch_size  # only the budget changes
+        assert list(p.mixer_grids) == sorted(set(p.mixer_grids)) and all(g % 4 == 0 for g in p.mixer_grids), p.name
+    smoke, cpu, gpu = (profiles.PROFILES[n] for n in ("smoke", "cpu", "gpu"))
+    assert max(smoke.mixer_grids) < max(cpu.mixer_grids) < max(gpu.mixer_grids)

@@ -96,3 +96,14 @@ def test_baseline_cache_ignores_settings_that_do_not_affect_training(tmp_path, m
     _, first = train.baseline(p, log=None)
     _, again = train.baseline(p.replace(bench_iters=99, compression_levels=(0.5,)), log=None)
     assert again == first  # loaded, not retrained
+
+
+def test_checkpoint_key_of_a_default_config_has_the_original_fields_only():
+    from vitsurvey import profiles
+
+    key = train._training_settings(profiles.PROFILES["cpu"])["baseline"]
+    assert set(key) == {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads",
+                        "mlp_ratio"}  # so checkpoints trained before the mixer fields existed keep their names
+    pooled = profiles.PROFILES["cpu"].replace(baseline=profiles.PROFILES["cpu"].baseline.with_mixer("pool"))
+    assert train._training_settings(pooled)["baseline"]["mixer"] == "pool"
+    assert train.checkpoint_path(pooled) != train.checkpoint_path(profiles.PROFILES["cpu"])

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from . import mixers
 from .metrics import Spread
 from .models import ViTConfig
 
@@ -81,12 +82,45 @@ def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * length * s * (e + ev)
 
 
+def _constant(value: Any) -> Any:
+    """A traced argument's value; lists of constants are traced as a node that constructs them."""
+    out = value.toIValue()
+    return out if out is not None else [v.toIValue() for v in value.node().inputs()]
+
+
+def _avg_pool_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """One MAC per input element read: k x k per output element (padding included, as for a convolution)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    kernel = _constant(inputs[1])
+    kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel) * (2 if len(kernel) == 1 else 1)
+    return math.prod(get_shape(outputs[0])) * math.prod(kernel)
+
+
+def _rfft_macs(real_side: int) -> Callable[[list[Any], list[Any]], int]:
+    """MACs of a real n-dimensional FFT or its inverse, by :data:`vitsurvey.mixers.RFFT_MACS_PER_POINT_LOG2`
+    (``real_side``: 0 for the forward transform, whose input is real; 1 for the inverse, whose output is)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        shape = get_shape(inputs[0] if real_side == 0 else outputs[0])
+        dims = _constant(inputs[2])
+        points = math.prod(shape[d] for d in dims)
+        return mixers.rfft_macs(points, math.prod(shape) // points)
+
+    return handle
+
+
 def count_macs(
     model: nn.Module,
     inputs: torch.Tensor | tuple[torch.Tensor, ...],
     count_fused_attention: bool = True,
 ) -> MacCount:
     """Count MACs with fvcore, attention included (fused or not), with fvcore's warnings silenced.
+
+    Beyond fvcore's own counts, three operators it skips are counted: fused attention (``L*S*(E+Ev)``),
+    average pooling (k x k per output, the mixer of PoolFormer) and real FFTs (GFNet's mixer; by the
+    convention of :data:`vitsurvey.mixers.RFFT_MACS_PER_POINT_LOG2`).
 
     ``count_fused_attention=False`` reproduces plain fvcore, which skips the fused attention kernel
     (notebook 02 shows the trap); every other caller keeps the default.
@@ -103,6 +137,8 @@ def count_macs(
             analysis = FlopCountAnalysis(model, args)
             if count_fused_attention:
                 analysis = analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+            analysis = analysis.set_op_handle("aten::avg_pool2d", _avg_pool_macs)
+            analysis = analysis.set_op_handle("aten::fft_rfft2", _rfft_macs(0), "aten::fft_irfft2", _rfft_macs(1))
             analysis = (
                 analysis.unsupported_ops_warnings(False)
                 .uncalled_modules_warnings(False)
@@ -120,17 +156,19 @@ def count_macs(
 
 
 def vit_params(cfg: ViTConfig) -> dict[str, int]:
-    """Parameters of a plain ViT per component (the formulas of notebook 01)."""
+    """Parameters of a plain ViT per component (the formulas of notebook 01); a mixer other than
+    softmax attention replaces ``qkv`` and ``attn_proj`` by ``mixer`` (:func:`vitsurvey.mixers.params`)."""
     D, M, P = cfg.embed_dim, cfg.mlp_hidden, cfg.patch_size
+    mixing = ({"qkv": 3 * D * D + 3 * D, "attn_proj": D * D + D} if cfg.mixer == "attention"
+              else {"mixer": mixers.params(cfg)})
     per_block = {
         "layer_norms": 2 * 2 * D,
-        "qkv": 3 * D * D + 3 * D,
-        "attn_proj": D * D + D,
+        **mixing,
         "mlp": D * M + M + M * D + D,
     }
     out = {
         "patch_embed": cfg.in_chans * P * P * D + D,
-        "cls_and_pos": D + cfg.num_tokens * D,
+        "cls_and_pos": cfg.num_prefix_tokens * D + cfg.num_tokens * D,
         **{k: v * cfg.depth for k, v in per_block.items()},
         "final_norm": 2 * D,
         "head": D * cfg.num_classes + cfg.num_classes,
@@ -155,17 +193,36 @@ def vit_macs(
     bipartite matching costs ceil(N/2) * floor(N/2) * d MACs (cosine similarities of the head-averaged
     keys, d the head width). The final LayerNorm sees what the last block outputs.
 
+    A mixer other than softmax attention (``cfg.mixer``) replaces the four attention terms by its own
+    (:func:`vitsurvey.mixers.macs`); such a model has a fixed token count, so ``tokens`` and ``merges``
+    must stay unset. With average pooling the final LayerNorm sees one vector per image.
+
     Conventions follow fvcore so the two can be compared term by term: a matrix product counts its
     multiply-adds; LayerNorm counts 5 per element; biases, residual adds, softmax and GELU count 0.
     """
     cfg = vit if isinstance(vit, ViTConfig) else vit.cfg  # type: ignore[union-attr]
     D, L = cfg.embed_dim, cfg.depth
+    if cfg.mixer != "attention":
+        if tokens is not None or merges is not None:
+            raise ValueError(f"The {cfg.mixer!r} mixer is built for a fixed token count: token reduction needs "
+                             "softmax attention, so leave tokens and merges unset.")
+        out = dict.fromkeys(mixers.macs(cfg), 0)
+        for _ in range(L):
+            for k, v in mixers.macs(cfg).items():
+                out[k] += v
+        N = cfg.num_tokens
+        out["mlp"] = L * 2 * N * D * cfg.mlp_hidden
+        out["layer_norm"] = L * 10 * N * D + 5 * D * (N if cfg.global_pool == "token" else 1)
+        out = {"patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D, **out,
+               "head": D * cfg.num_classes}
+        out["total"] = sum(out.values())
+        return out
     if isinstance(vit, ViTConfig):
         shapes = [(cfg.embed_dim, cfg.mlp_hidden, cfg.num_heads)] * L  # (attention width h*d, MLP hidden, heads)
     else:
         shapes = [(b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features, b.attn.num_heads)  # type: ignore[union-attr]
                   for b in vit.blocks]  # type: ignore[union-attr]
-    prefix = getattr(vit, "num_prefix_tokens", 1)
+    prefix = getattr(vit, "num_prefix_tokens", cfg.num_prefix_tokens)
     default = cfg.num_patches + prefix
     counts = [default] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
     merged = [0] * L if merges is None else list(merges)
@@ -186,7 +243,7 @@ def vit_macs(
         out["layer_norm"] += 5 * N * D + 5 * (N - r) * D
         if r:
             out["token_matching"] += ((N + 1) // 2) * (N // 2) * (inner // heads)
-    out["layer_norm"] += 5 * (counts[-1] - merged[-1]) * D  # the final norm
+    out["layer_norm"] += 5 * D * ((counts[-1] - merged[-1]) if cfg.global_pool == "token" else 1)  # the final norm
     heads = 2 if getattr(vit, "head_dist", None) is not None else 1  # DeiT's distillation head
     out = {"patch_embed": cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * D, **out,
            "head": heads * D * cfg.num_classes}

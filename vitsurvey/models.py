@@ -14,13 +14,13 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _compat
+from . import _compat, mixers
+from .mixers import Attention
 
 _compat.ensure_torchvision_importable()
 import timm  # noqa: E402  (must follow the torchvision fix)
@@ -33,7 +33,15 @@ index 0 and must stay there."""
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Shape of a plain ViT (class-token pooling, pre-norm blocks, learned position embeddings)."""
+    """Shape of a plain ViT (pre-norm blocks, learned position embeddings), and its token mixer.
+
+    The defaults are timm's ``VisionTransformer``: a class token read by the head, softmax attention in
+    every block. ``class_token=False, global_pool="avg"`` averages the patch tokens instead (timm's
+    option, and the pooling of Swin, PVT, PoolFormer and GFNet). ``mixer`` replaces softmax attention
+    by another token mixer (:mod:`vitsurvey.mixers`); the one field named beside it in
+    :data:`~vitsurvey.mixers.MIXERS` sets it, the others stay 0. :meth:`with_mixer` builds such a
+    config from this one.
+    """
 
     img_size: int = 224
     patch_size: int = 16
@@ -43,6 +51,14 @@ class ViTConfig:
     depth: int = 12
     num_heads: int = 3
     mlp_ratio: float = 4.0
+    class_token: bool = True
+    global_pool: str = "token"
+    mixer: str = "attention"
+    window: int = 0
+    features: int = 0
+    rank: int = 0
+    reduction: int = 0
+    kernel: int = 0
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -54,15 +70,50 @@ class ViTConfig:
             raise ValueError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}."
             )
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' (the class token) or 'avg' (mean of the patch tokens), "
+                             f"not {self.global_pool!r}.")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' reads the class token, but class_token=False: "
+                             "use global_pool='avg' for a model without one.")
+        mixers.check(self)
 
     @property
     def num_patches(self) -> int:
         return (self.img_size // self.patch_size) ** 2
 
     @property
+    def grid(self) -> int:
+        """Patches along each side of the image."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, where there is one."""
+        return int(self.class_token)
+
+    @property
     def num_tokens(self) -> int:
-        """Patches plus the class token."""
-        return self.num_patches + 1
+        """Patches plus the class token, where there is one."""
+        return self.num_patches + self.num_prefix_tokens
+
+    def with_mixer(self, mixer: str, **setting: int) -> ViTConfig:
+        """This config with another token mixer: ``setting`` is that mixer's one field (e.g.
+        ``window=7``; ``kernel`` defaults to 3, ``features`` to 0), the other mixers' fields are reset,
+        and a mixer that works on the patch grid gets average pooling and no class token."""
+        if mixer not in mixers.MIXERS:
+            raise ValueError(f"Unknown mixer {mixer!r}; choose one of {', '.join(mixers.MIXERS)}.")
+        own = mixers.MIXERS[mixer]
+        unknown = set(setting) - {own}
+        if unknown:
+            raise ValueError(f"mixer {mixer!r} takes {own or 'no setting'}, not {', '.join(sorted(unknown))}.")
+        values = dict.fromkeys(("window", "features", "rank", "reduction", "kernel"), 0)
+        if own == "kernel":
+            values["kernel"] = 3
+        values.update(setting)
+        if mixer in mixers.GRID_MIXERS:
+            values.update(class_token=False, global_pool="avg")
+        return replace(self, mixer=mixer, **values)
 
     @property
     def mlp_hidden(self) -> int:
@@ -73,19 +124,26 @@ class ViTConfig:
         """The config of a plain ViT (ours or timm's: class token, no register or distillation
         tokens, standard blocks), or None for any other architecture."""
         if isinstance(model, VisionTransformer):  # None once pruning made the blocks differ from cfg
-            if model.num_prefix_tokens != 1:  # e.g. a distillation token
-                return None
             cfg = model.cfg
+            if model.num_prefix_tokens != cfg.num_prefix_tokens:  # e.g. a distillation token
+                return None
+            heads, width = cfg.num_heads, cfg.embed_dim // cfg.num_heads
             uniform = all(
-                b.attn.num_heads == cfg.num_heads and b.attn.head_dim * cfg.num_heads == cfg.embed_dim
+                getattr(b.attn, "num_heads", heads) == heads and getattr(b.attn, "head_dim", width) == width
                 and b.mlp.fc1.out_features == cfg.mlp_hidden for b in model.blocks
             )
             return cfg if uniform else None
+        from timm.models.vision_transformer import Attention as TimmAttention
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-        if not isinstance(model, TimmViT) or getattr(model, "num_prefix_tokens", 1) != 1:
+        if not isinstance(model, TimmViT) or getattr(model, "reg_token", None) is not None:
             return None
-        if model.global_pool != "token" or getattr(model, "no_embed_class", False):
+        class_token = model.cls_token is not None
+        if model.num_prefix_tokens != int(class_token) or getattr(model, "no_embed_class", False):
+            return None
+        if model.global_pool not in ("token", "avg") or not isinstance(model.blocks[0].attn, TimmAttention):
+            return None
+        if (model.global_pool == "avg") == isinstance(model.fc_norm, nn.Identity):  # the final norm moves after pooling
             return None
         proj = model.patch_embed.proj
         if not isinstance(proj, nn.Conv2d) or not hasattr(model.blocks[0], "mlp"):
@@ -100,11 +158,18 @@ class ViTConfig:
             depth=len(model.blocks),
             num_heads=model.blocks[0].attn.num_heads,
             mlp_ratio=fc1.out_features / fc1.in_features,
+            class_token=class_token,
+            global_pool=model.global_pool,
         )
 
     def timm_kwargs(self) -> dict[str, object]:
-        """Keyword arguments that make timm's ``VisionTransformer`` the same network."""
-        return asdict(self)
+        """Keyword arguments that make timm's ``VisionTransformer`` the same network (softmax attention only:
+        timm's class has no other mixer)."""
+        if self.mixer != "attention":
+            raise ValueError(f"timm's VisionTransformer has no {self.mixer!r} mixer: only the default softmax "
+                             "attention has a timm twin.")
+        mixer_fields = {"mixer", *(f for f in mixers.MIXERS.values() if f)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in mixer_fields}
 
 
 # The three reference sizes of ViT / DeiT at 224 px (timm names).
@@ -128,31 +193,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention, softmax(Q K^T / sqrt(d)) V, with one fused QKV projection."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim or dim // num_heads  # a pruned block keeps d and loses heads
-        self.scale = self.head_dim**-0.5
-        inner = num_heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner)
-        self.proj = nn.Linear(inner, dim)
-
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        if need_weights:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = attn @ v
-        else:  # the fused kernel never materialises the N x N matrix
-            attn = None
-            out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)), attn
-
-
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -165,17 +205,24 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm Transformer block: x + Mix(LN(x)), then x + MLP(LN(x)). The mixer is softmax attention
+    unless the config names another (:mod:`vitsurvey.mixers`); it keeps the name ``attn`` either way."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, mixer: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = mixer if mixer is not None else Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, mlp_hidden)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), need_weights)
+        if isinstance(self.attn, Attention):
+            y, attn = self.attn(self.norm1(x), need_weights)
+        elif need_weights:
+            raise ValueError(f"{type(self.attn).__name__} forms no attention matrix: attention maps, token steps and "
+                             "token reduction need softmax attention (mixer='attention').")
+        else:
+            y, attn = self.attn(self.norm1(x)), None
         x = x + y
         x = x + self.mlp(self.norm2(x))
         return x, attn
@@ -184,8 +231,8 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT with class-token pooling; parameter names match timm's ``VisionTransformer``."""
 
-    num_prefix_tokens = 1
-    """Tokens before the patches (the class token); as timm names it."""
+    num_prefix_tokens: int
+    """Tokens before the patches (the class token, where there is one); as timm names it."""
 
     def __init__(self, cfg: ViTConfig | None = None, **overrides: object) -> None:
         super().__init__()
@@ -193,21 +240,26 @@ class VisionTransformer(nn.Module):
         if overrides:
             cfg = ViTConfig(**{**asdict(cfg), **overrides})  # type: ignore[arg-type]
         self.cfg = cfg
+        self.num_prefix_tokens = cfg.num_prefix_tokens
         D = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
         self.blocks = nn.ModuleList(
-            Block(D, cfg.num_heads, cfg.mlp_hidden) for _ in range(cfg.depth)
+            Block(D, cfg.num_heads, cfg.mlp_hidden, mixers.build(cfg, i)) for i in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(D, eps=1e-6)
+        # As timm: with average pooling the final LayerNorm moves after the pooling (fc_norm).
+        avg = cfg.global_pool == "avg"
+        self.norm = nn.Identity() if avg else nn.LayerNorm(D, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(D, eps=1e-6) if avg else nn.Identity()
         self.head = nn.Linear(D, cfg.num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Truncated-normal weights (std 0.02) and zero biases, as ViT and DeiT train from scratch."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -219,10 +271,11 @@ class VisionTransformer(nn.Module):
         nn.init.uniform_(w, -1 / math.sqrt(w[0].numel()), 1 / math.sqrt(w[0].numel()))
 
     def embed(self, x: Tensor) -> Tensor:
-        """Image (B, C, H, W) -> tokens (B, 1 + patches, D), class token first."""
+        """Image (B, C, H, W) -> tokens (B, prefix + patches, D), the class token (if any) first."""
         x = self.patch_embed(x)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1) + self.pos_embed
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
 
     def forward_features(self, x: Tensor, token_step: TokenStep | None = None) -> Tensor:
         """Tokens after the final norm. With ``token_step``, attention is computed explicitly and the
@@ -236,6 +289,8 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
+        if self.cfg.global_pool == "avg":
+            return self.head(self.fc_norm(x[:, self.num_prefix_tokens:].mean(1)))
         return self.head(x[:, 0])
 
     def forward(self, x: Tensor, token_step: TokenStep | None = None) -> Tensor:
@@ -265,6 +320,16 @@ class VisionTransformer(nn.Module):
         with torch.no_grad():
             self.forward_features(x, token_step=count)
         return counts[: self.cfg.depth]
+
+
+def require_plain(model: nn.Module, what: str) -> None:
+    """Raise a ValueError unless ``model`` (ours) has softmax attention in every block and a class token
+    at index 0: what head pruning, token reduction and the distillation token are built on."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ViTConfig) and (cfg.mixer != "attention" or not cfg.class_token):
+        found = f"mixer {cfg.mixer!r}" if cfg.mixer != "attention" else "no class token"
+        raise ValueError(f"{what} needs softmax attention in every block and a class token; this model has {found}. "
+                         "Use a config with the default mixer and class_token=True.")
 
 
 def small_resnet(

@@ -101,6 +101,14 @@ class Profile:
     """Widths of the convolutional teacher's stages (:func:`vitsurvey.models.small_resnet`)."""
     teacher_epochs: int | None = None
     """Epochs of the teacher's training (``None``: the baseline's ``epochs``)."""
+    # token mixers (notebook 04)
+    mixer_samples: int | None = 6_000
+    """Training images for every mixer's model (a seeded subset; the same for each, so the steps are equal)."""
+    mixer_epochs: int = 3
+    mixer_grids: tuple[int, ...] = (4, 8, 16, 32, 64)
+    """Token grids (patches per side) at which every mixer layer is counted and timed: N = side^2 tokens."""
+    mixer_models: int | None = None
+    """How many of notebook 04's timm production models (one per mixer family) it profiles (None: all)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -122,6 +130,11 @@ class Profile:
         """This profile with the distillation student as its baseline, trained on ``student_samples``
         images for ``student_epochs`` (notebook 07)."""
         return self.replace(baseline=self.student, train_samples=self.student_samples, epochs=self.student_epochs)
+
+    def for_mixers(self) -> Profile:
+        """This profile trained on ``mixer_samples`` images for ``mixer_epochs``: the equal budget every token
+        mixer gets in notebook 04."""
+        return self.replace(train_samples=self.mixer_samples, epochs=self.mixer_epochs)
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
@@ -173,6 +186,10 @@ PROFILES: dict[str, Profile] = {
         student_samples=256,
         student_epochs=1,
         teacher_channels=(8, 8, 16, 16),
+        mixer_samples=256,
+        mixer_epochs=1,
+        mixer_grids=(4, 8),
+        mixer_models=2,
     ),
     "cpu": Profile(
         name="cpu",
@@ -228,6 +245,9 @@ PROFILES: dict[str, Profile] = {
         student_samples=None,
         student_epochs=10,
         teacher_channels=(64, 128, 256, 512),
+        mixer_samples=None,
+        mixer_epochs=10,
+        mixer_grids=(4, 8, 16, 32, 64, 96, 128),
         protocol_models=_PROTOCOL_MODELS,
     ),
 }

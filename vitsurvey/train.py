@@ -195,8 +195,23 @@ TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epoc
 they match. The teacher's settings replace ``baseline`` by ``teacher_channels``."""
 
 
+_LATER_CONFIG_FIELDS = ("class_token", "global_pool", "mixer", "window", "features", "rank", "reduction", "kernel")
+
+
+def _config_key(cfg: ViTConfig) -> dict:
+    """A ViT config as part of a checkpoint's key. The pooling and token-mixer fields were added to
+    ViTConfig later; at their defaults they are left out, so a checkpoint trained before they existed
+    keeps its name and is still found."""
+    out = asdict(cfg)
+    for f in dataclasses.fields(ViTConfig):
+        if f.name in _LATER_CONFIG_FIELDS and out[f.name] == f.default:
+            del out[f.name]
+    return out
+
+
 def _training_settings(profile: Profile, kind: str = "baseline") -> dict:
     settings = {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS}
+    settings["baseline"] = _config_key(profile.baseline)
     if kind == "teacher":
         settings.pop("baseline")
         settings["teacher_channels"] = profile.teacher_channels

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import ViTConfig, VisionTransformer
+from ..models import ViTConfig, VisionTransformer, require_plain
 
 KINDS = ("soft", "hard")
 
@@ -107,6 +107,7 @@ class DistilledViT(VisionTransformer):
 
     def __init__(self, cfg: ViTConfig | None = None, distill_token: bool = True) -> None:
         super().__init__(cfg)
+        require_plain(self, "DistilledViT")
         self.distill_token = distill_token
         if distill_token:
             D = self.cfg.embed_dim

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from ..models import Attention, Mlp, VisionTransformer
+from ..models import Attention, Mlp, VisionTransformer, require_plain
 
 
 def _block_linears(model: VisionTransformer) -> list[nn.Linear]:
@@ -107,6 +107,7 @@ def select_structures(
     model: VisionTransformer, ratio: float, blocks: Sequence[int] | None = None
 ) -> list[tuple[Tensor, Tensor]]:
     """For each block, the indices of the heads and MLP neurons to keep (sorted)."""
+    require_plain(model, "Head and neuron pruning")
     if ratio < 0 or ratio >= 1:
         raise ValueError(
             f"A pruning ratio of {ratio} is invalid: it is the fraction of heads and neurons removed, in "

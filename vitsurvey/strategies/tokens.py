@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import TokenStep, VisionTransformer
+from ..models import TokenStep, VisionTransformer, require_plain
 
 
 def _check_keep(keep: float) -> None:
@@ -40,6 +40,7 @@ class WithTokenStep(nn.Module):
 
     def __init__(self, vit: VisionTransformer, step: TokenStep) -> None:
         super().__init__()
+        require_plain(vit, "A token step")
         self.vit, self.step = vit, step
 
     def forward(self, x: Tensor) -> Tensor:
@@ -181,6 +182,7 @@ class ToMe(nn.Module):
 
     def __init__(self, vit: VisionTransformer, r: int | Sequence[int]) -> None:
         super().__init__()
+        require_plain(vit, "ToMe")
         depth = vit.cfg.depth
         schedule = [r] * depth if isinstance(r, int) else list(r)
         if len(schedule) != depth:
@@ -360,6 +362,7 @@ def patch_slimming(
     ``finetune_steps`` Adam steps to bring the output back towards the original. Block 0 sees every
     token: there is no earlier attention to judge patches by. The original ``vit`` is not changed.
     """
+    require_plain(vit, "Patch Slimming")
     if tolerance <= 0:
         raise ValueError(f"tolerance must be a positive relative output error, not {tolerance}.")
     if r0 < 1:
