@@ -54,6 +54,9 @@ MIXERS: dict[str, str | None] = {
 }
 """Every mixer and the :class:`ViTConfig` field that sets it (None: no setting)."""
 
+SETTINGS: tuple[str, ...] = tuple(dict.fromkeys(f for f in MIXERS.values() if f))
+"""The mixer-setting fields of :class:`ViTConfig`; each is 0 unless its mixer is chosen."""
+
 GRID_MIXERS = frozenset({"window", "sra", "pool", "fourier", "conv"})
 """Mixers that treat the tokens as an image-shaped grid, so no class token may sit among them."""
 
@@ -303,13 +306,13 @@ def check(cfg: ViTConfig) -> None:
     if cfg.mixer not in MIXERS:
         raise ValueError(f"Unknown mixer {cfg.mixer!r}; choose one of {', '.join(MIXERS)}.")
     own = MIXERS[cfg.mixer]
-    for field in ("window", "features", "rank", "reduction", "kernel"):
+    for field in SETTINGS:
         if not isinstance(getattr(cfg, field), int):
             raise ValueError(f"{field}={getattr(cfg, field)!r} must be a whole number.")
         if field != own and getattr(cfg, field):
             raise ValueError(f"{field}={getattr(cfg, field)} is set, but mixer {cfg.mixer!r} does not use it; "
                              f"leave it 0 (ViTConfig.with_mixer resets the other mixers' settings).")
-    grid = cfg.img_size // cfg.patch_size
+    grid = cfg.grid
     if cfg.mixer in GRID_MIXERS and cfg.class_token:
         raise ValueError(f"The {cfg.mixer!r} mixer mixes the {grid} x {grid} grid of patches, where a class token has "
                          "no place: use class_token=False with global_pool='avg' (ViTConfig.with_mixer does).")
@@ -330,7 +333,7 @@ def check(cfg: ViTConfig) -> None:
 
 def build(cfg: ViTConfig, index: int) -> nn.Module:
     """The mixer of block ``index`` (window attention shifts in every second block)."""
-    D, h, grid = cfg.embed_dim, cfg.num_heads, cfg.img_size // cfg.patch_size
+    D, h, grid = cfg.embed_dim, cfg.num_heads, cfg.grid
     if cfg.mixer == "attention":
         return Attention(D, h)
     if cfg.mixer == "window":
@@ -387,7 +390,7 @@ def macs(cfg: ViTConfig, tokens: int | None = None) -> dict[str, int]:
 
 def params(cfg: ViTConfig) -> int:
     """Parameters of one mixer layer."""
-    D, grid = cfg.embed_dim, cfg.img_size // cfg.patch_size
+    D, grid = cfg.embed_dim, cfg.grid
     if cfg.mixer in ("attention", "window", "linear"):
         return 4 * D * D + 4 * D
     if cfg.mixer == "lowrank":

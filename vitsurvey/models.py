@@ -168,7 +168,7 @@ class ViTConfig:
         if self.mixer != "attention":
             raise ValueError(f"timm's VisionTransformer has no {self.mixer!r} mixer: only the default softmax "
                              "attention has a timm twin.")
-        mixer_fields = {"mixer", *(f for f in mixers.MIXERS.values() if f)}
+        mixer_fields = {"mixer", *mixers.SETTINGS}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in mixer_fields}
 
 

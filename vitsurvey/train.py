@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import data as vdata
+from . import mixers
 from .models import ViTConfig, VisionTransformer, small_resnet
 from .profiles import Profile
 from .results import project_root
@@ -195,7 +196,7 @@ TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epoc
 they match. The teacher's settings replace ``baseline`` by ``teacher_channels``."""
 
 
-_LATER_CONFIG_FIELDS = ("class_token", "global_pool", "mixer", "window", "features", "rank", "reduction", "kernel")
+_LATER_CONFIG_FIELDS = ("class_token", "global_pool", "mixer", *mixers.SETTINGS)
 
 
 def _config_key(cfg: ViTConfig) -> dict:
