@@ -99,3 +99,20 @@ def test_run_in_place_keeps_the_authored_parameters(tmp_path, capsys):
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert executed.cells[0].source == 'profile = "auto"'
     assert "profile is smoke" in executed.cells[-1].outputs[0]["text"]
+
+
+def test_calibrate_measures_and_records_the_run_to_run_floor(tmp_path, monkeypatch, capsys):
+    from vitsurvey import measure, results
+
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    assert main(["calibrate", "--profile", "smoke", "--runs", "2", "--pause", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "calibration run 2/2" in said and "run-to-run floor on" in said
+    floor = measure.rerun_floor("cpu")
+    assert floor is not None and floor.runs == 2 and 0 <= floor.rate < 1 and 0 <= floor.ratio < 1
+    assert (tmp_path / "data" / "results" / "rerun_floor.csv").exists()
+
+
+def test_calibrate_bad_input(capsys):
+    assert main(["calibrate", "--profile", "smoke", "--runs", "1"]) == 2
+    assert "at least 2 runs" in capsys.readouterr().err

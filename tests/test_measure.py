@@ -1,8 +1,10 @@
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from vitsurvey import measure, models
+from vitsurvey import measure, models, profiles, results
 from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer
 from vitsurvey.profiles import PROFILES
 
@@ -304,3 +306,70 @@ def test_activation_bytes_grow_linearly_with_the_batch():
     # far more than the logits alone: the forward pass saves its intermediate tensors for backward
     assert per_image > 50 * 10 * 4
     assert not model.training
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    return tmp_path / "data" / "results"
+
+
+def test_steady_allocator_is_set_once_on_glibc():
+    import platform
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert measure.steady_allocator() is expected
+    assert measure.steady_allocator() is expected  # idempotent: a second call changes nothing
+
+
+def _calibration_rows(device, stamp, rate, ratio):
+    return [{"method": "run-to-run", "setting": f"{k} floor", "kind": f"{k} floor", "runs": 6, "floor": f,
+             "calibrated_at": stamp, "device": device} for k, f in (("rate", rate), ("ratio", ratio))]
+
+
+def test_rerun_floor_reads_the_latest_calibration_of_this_device(out, monkeypatch):
+    assert measure.rerun_floor("cpu") is None  # never calibrated: one run's range
+    me = results.device_name("cpu")
+    results.append(measure.CALIBRATION, _calibration_rows(me, "2026-01-01T10:00:00", 0.2, 0.3), "cpu", "cpu")
+    results.append(measure.CALIBRATION, _calibration_rows(me, "2026-01-02T10:00:00", 0.04, 0.05), "cpu", "cpu")
+    results.append(measure.CALIBRATION, _calibration_rows("another CPU", "2026-02-01T10:00:00", 0.5, 0.5), "cpu", "cpu")
+    floor = measure.rerun_floor("cpu")
+    assert (floor.rate, floor.ratio, floor.runs, floor.device) == (0.04, 0.05, 6, me)
+    # every timing on this device now folds the floor into its ranges; floor=False leaves it out
+    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [1.03, 1.031, 1.032, 1.033, 1.034]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5)
+    assert t.floor == floor and t.ratio("new").between == 0.05 and t.rate("ref").between == 0.04
+    assert t.ratio("new").verdict() == "within noise" and t.table().loc["new", "verdict"] == "within noise"
+    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [1.03, 1.031, 1.032, 1.033, 1.034]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5, floor=False)
+    assert t.floor is None and t.ratio("new").verdict() == "faster"
+
+
+def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
+    import subprocess
+
+    medians = iter([{"rate: a": 10.0, "ratio: b": 2.0}, {"rate: a": 12.0, "ratio: b": 2.1},
+                    {"rate: a": 11.0, "ratio: b": 1.9}])
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "noise\nCALIBRATION " + json.dumps(next(medians)) + "\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    rows = measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=3, pause_s=0, log=None)
+    assert len(launched) == 3 and all("smoke" in cmd for cmd in launched)
+    by = {r["setting"]: r for r in rows}
+    assert by["rate: a"]["median"] == 11.0 and by["rate: a"]["floor"] == pytest.approx(2 / 11)
+    assert by["ratio floor"]["floor"] == pytest.approx(0.2 / 2.0) and by["rate floor"]["floor"] == pytest.approx(2 / 11)
+
+    def failing(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nRuntimeError: boom")
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match=r"Calibration run 1 of 2 failed \(exit 1\): RuntimeError: boom$"):
+        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=0, log=None)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=1)
+    with pytest.raises(ValueError, match="pause_s cannot be negative"):
+        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=-1)

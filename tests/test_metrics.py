@@ -127,7 +127,8 @@ def test_spread_quartiles_and_verdicts():
     assert metrics.Spread.of([0.7, 0.8, 0.75]).verdict() == "slower"
     assert metrics.Spread.of([0.9, 1.1, 1.0, 1.2]).verdict() == "within noise"
     assert "within noise" in metrics.speedup_phrase(metrics.Spread.of([0.9, 1.1, 1.0]))
-    assert metrics.speedup_phrase(metrics.Spread.of([2.0, 2.0])).startswith("2.00x (range 2.00x-2.00x, 2 rounds), faster")
+    assert metrics.speedup_phrase(metrics.Spread.of([2.0, 2.0])).startswith(
+        "2.00x (range 2.00x-2.00x: 2 rounds, one run), faster")
     # the verdict follows the range, not the IQR: one round at 0.98 of eleven makes a 1.2x ratio "within noise"
     mostly_faster = metrics.Spread.of([0.98] + [1.2] * 10)
     assert mostly_faster.q1 > 1.0 and mostly_faster.verdict() == "within noise"
@@ -162,3 +163,19 @@ def test_compare_top1_calls_small_differences_noise():
     assert metrics.compare_top1(90.0, 89.0, 100_000) == "higher"
     assert metrics.versus(90.0, 89.0, 1000) == "within noise of the control"
     assert metrics.versus(87.0, 90.0, 1000, "fp32") == "-3.00 points, lower than fp32"
+
+
+def test_a_run_to_run_floor_widens_the_range_and_can_change_the_verdict():
+    rounds = [1.05, 1.06, 1.055, 1.052, 1.058]
+    one_run = metrics.Spread.of(rounds)
+    assert one_run.verdict() == "faster" and (one_run.low, one_run.high) == (1.05, 1.06)
+    across = metrics.Spread.of(rounds, between=0.08)
+    assert across.low == pytest.approx(1.055 * 0.92) and across.high == pytest.approx(1.055 * 1.08)
+    assert (across.median, across.q1, across.q3) == (one_run.median, one_run.q1, one_run.q3)
+    assert across.verdict() == "within noise"
+    assert across.format(2, "x") == "1.05x (range 0.97x-1.14x: 5 rounds, runs ±8.0%)"
+    wide = metrics.Spread.of([0.5, 1.0, 1.5], between=0.01)  # rounds wider than the floor keep their extremes
+    assert (wide.low, wide.high) == (0.5, 1.5)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="between is a fraction"):
+            metrics.Spread.of(rounds, between=bad)

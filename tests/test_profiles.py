@@ -63,3 +63,14 @@ def test_mixer_study_budget_and_grids():
         assert list(p.mixer_grids) == sorted(set(p.mixer_grids)) and all(g % 4 == 0 for g in p.mixer_grids), p.name
     smoke, cpu, gpu = (profiles.PROFILES[n] for n in ("smoke", "cpu", "gpu"))
     assert max(smoke.mixer_grids) < max(cpu.mixer_grids) < max(gpu.mixer_grids)
+
+
+def test_multiplex_study_budget_and_token_sets():
+    from vitsurvey import train
+
+    for p in profiles.PROFILES.values():
+        m = p.for_multiplex()
+        assert (m.train_samples, m.epochs) == (p.multiplex_samples, p.multiplex_epochs)
+        assert m.baseline == p.baseline and m.batch_size == p.batch_size  # only the budget changes
+        side = int(p.multiplex_k**0.5)
+        assert side * side == p.multiplex_k and train.baseline_config(p).grid % side == 0, p.name

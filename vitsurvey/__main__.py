@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | run [NOTEBOOK ...]``."""
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...]``."""
 
 from __future__ import annotations
 
@@ -189,6 +189,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    from . import measure, profiles, results
+
+    prof = profiles.get_profile(args.profile, resolve_data=False)
+    rows = measure.calibrate_reruns(prof, runs=args.runs, pause_s=args.pause)
+    path = results.append(measure.CALIBRATION, rows, prof.name, prof.device)
+    floor = measure.rerun_floor(prof.device)
+    if floor is None:  # the rows just written name this device, so this is a bug, not bad input
+        raise RuntimeError(f"{path} holds no floor for {results.device_name(prof.device)} after calibrating.")
+    print(f"run-to-run floor on {floor.device}: rates ±{100 * floor.rate:.1f}%, ratios ±{100 * floor.ratio:.1f}% "
+          f"({floor.runs} runs) -> {path.name}; every timing on this device now states ranges at least this wide")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitsurvey", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default)")
     p.add_argument("--json", action="store_true", help="print one JSON record")
     p.set_defaults(func=profile_model)
+    c = sub.add_parser("calibrate", help="measure how much timings move between runs on this machine")
+    c.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default): the models, batch and rounds")
+    c.add_argument("--runs", type=int, default=6, help="separate processes to time (default 6)")
+    c.add_argument("--pause", type=float, default=30.0, help="seconds between runs (default 30)")
+    c.set_defaults(func=calibrate)
     r = sub.add_parser("run", help="execute notebooks headlessly with papermill")
     r.add_argument("notebooks", nargs="*", help="names or paths (default: every numbered notebook)")
     r.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto; default: the notebooks' own choice")

@@ -10,6 +10,9 @@ Traps this module closes (see notebook 02 for each one shown on real numbers):
   when a model uses the fused kernel; :func:`count_macs` registers one.
 * Timing without warm-up measures allocation and kernel selection; timing a GPU without
   synchronising measures only the kernel launches. :func:`throughput` does both right.
+* On a CPU, glibc's allocator makes a timing depend on what the process allocated before;
+  :func:`steady_allocator` fixes its thresholds. What still differs between runs minutes apart is
+  measured by :func:`calibrate_reruns` and carried into every stated range (:func:`rerun_floor`).
 * A CPU has no allocator statistics like CUDA's; :func:`peak_memory` tracks the bytes of live tensor
   storage through torch's dispatcher instead, and says which method it used.
 """
@@ -17,7 +20,10 @@ Traps this module closes (see notebook 02 for each one shown on real numbers):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import datetime
 import math
+import platform
 import statistics
 import time
 import warnings
@@ -268,6 +274,40 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit machines
+_steady: bool | None = None
+
+
+def steady_allocator() -> bool:
+    """Fix the C allocator's thresholds in this process, so that CPU timings stop depending on what the
+    process allocated before; True where that was done (glibc), False elsewhere. Called by :func:`throughput`.
+
+    Why: glibc's ``malloc`` adapts two thresholds to the allocations it has seen. Blocks above the *mmap
+    threshold* get fresh pages from the kernel, and free memory above the *trim threshold* at the top of
+    the heap is handed back, so the next pass faults it in again. How often a model's activations take
+    that slow path then depends on the history of the process: measured on this project's 2-core CPU,
+    ViT-S/16 at batch 8 ran about 15% slower in the first timing of a fresh process than in later ones,
+    and int8 and fp32 were affected differently, so speed-ups moved between runs by more than any run's
+    spread. Setting both thresholds (mmap at glibc's 64-bit maximum, 32 MiB; trim at 1 GiB) turns the
+    adaptation off. The cost is memory: up to 1 GiB freed at the heap's top stays with the process.
+    Replacing the allocator (jemalloc or tcmalloc through ``LD_PRELOAD``, as PyTorch's CPU tuning guide
+    suggests) would do the same, but it must be set before Python starts and is not pip-installable;
+    ``mallopt`` works in a running kernel, so a notebook gets it without a restart.
+    """
+    global _steady
+    if _steady is None:
+        _steady = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _steady = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+            except (OSError, AttributeError):
+                _steady = False
+    return _steady
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
@@ -321,6 +361,8 @@ def throughput(
     size that runs out of memory; that size is recorded in ``oom_at``.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        steady_allocator()
     model = model.to(device).eval()
     result = Throughput(None, None, device=str(device), dtype=str(dtype or torch.float32).split(".")[-1])
     for b in sorted(batch_sizes):
@@ -355,26 +397,29 @@ class Timings:
     """Images per second of several models, timed in interleaved rounds: every rate of every round.
 
     Ratios are taken within a round (model over reference, timed moments apart), so a drift in the
-    machine's speed between rounds cancels; their median and range (lowest to highest) over the rounds is
-    the speed-up a notebook quotes (:meth:`ratio`), and :meth:`table` is what it shows.
+    machine's speed between rounds cancels; their median and range (lowest to highest over the rounds,
+    widened to the machine's run-to-run ``floor`` where one was measured) is the speed-up a notebook quotes
+    (:meth:`ratio`), and :meth:`table` is what it shows.
     """
 
     rates: dict[str, list[float]]
     """Images per second of each model, one entry per round."""
     reference: str
     batch_size: dict[str, int]
+    floor: RerunFloor | None = None
+    """This machine's measured run-to-run variation, folded into every range (None: one run's range)."""
 
     @property
     def rounds(self) -> int:
         return len(next(iter(self.rates.values())))
 
     def rate(self, name: str) -> Spread:
-        return Spread.of(self._rates(name))
+        return Spread.of(self._rates(name), self.floor.rate if self.floor else 0.0)
 
     def ratio(self, name: str, reference: str | None = None) -> Spread:
         """Throughput of ``name`` over that of ``reference`` (default: the run's), round by round."""
         ref = self._rates(reference or self.reference)
-        return Spread.of(a / b for a, b in zip(self._rates(name), ref))
+        return Spread.of((a / b for a, b in zip(self._rates(name), ref)), self.floor.ratio if self.floor else 0.0)
 
     def _rates(self, name: str) -> list[float]:
         if name not in self.rates:
@@ -410,6 +455,7 @@ def relative_throughput(
     warmup: int = 2,
     iters: int = 5,
     min_seconds: float = 0.0,
+    floor: RerunFloor | bool = True,
 ) -> Timings:
     """Time several models in interleaved rounds; the one timing routine behind every speed-up.
 
@@ -418,7 +464,9 @@ def relative_throughput(
     list, so a drift in the machine's speed affects all models alike and none always runs first. At
     least ``rounds`` rounds run; up to ``max_rounds`` (default: ``rounds``) run while any ratio to the
     ``reference`` (default: the first model) has an interquartile range wider than ``tolerance``
-    times its median. ``input_shape`` and ``batch_size`` may be given per model.
+    times its median. ``input_shape`` and ``batch_size`` may be given per model. ``floor``: this
+    machine's run-to-run variation, folded into every range: ``True`` reads the last calibration of this
+    device (:func:`rerun_floor`; none: one run's range), ``False`` leaves it out, or pass one.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}.")
@@ -431,7 +479,9 @@ def relative_throughput(
         raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(names)}.")
     shapes = {n: input_shape[n] if isinstance(input_shape, Mapping) else input_shape for n in names}
     batches = {n: batch_size[n] if isinstance(batch_size, Mapping) else batch_size for n in names}
-    timings = Timings({n: [] for n in names}, reference, batches)
+    if floor is True:
+        floor = rerun_floor(device)
+    timings = Timings({n: [] for n in names}, reference, batches, floor or None)
     for k in range(max_rounds):
         for name in names[k % len(names):] + names[: k % len(names)]:
             rate = throughput(models[name], shapes[name], (batches[name],), device, warmup=warmup, iters=iters,
@@ -442,6 +492,135 @@ def relative_throughput(
         if k + 1 >= rounds and all(timings.ratio(n).relative_iqr <= tolerance for n in names):
             break
     return timings
+
+
+# --------------------------------------------------------------------------- run-to-run variation
+
+CALIBRATION = "rerun_floor"
+"""Results file (``data/results/rerun_floor.csv``) of :func:`calibrate_reruns`."""
+
+
+@dataclass(frozen=True)
+class RerunFloor:
+    """How far the median of the same timing moved between runs on one device: fractions of the median.
+
+    The rounds of one run share the machine's state of the moment; separate runs do not, so their medians
+    disagree by more than any run's range. Every range a notebook states is widened to at least this much
+    either side of its median (:class:`~vitsurvey.metrics.Spread`), so that a rerun's median lands inside it.
+    """
+
+    rate: float
+    """For images per second (an absolute rate moves most: the machine's speed as a whole)."""
+    ratio: float
+    """For the ratio of two models' rates, timed in the same rounds."""
+    runs: int
+    measured: str
+    """When: an ISO timestamp."""
+    device: str
+
+
+def _calibration_models(profile: Any, device: torch.device) -> dict[str, nn.Module]:
+    from .models import create
+
+    models = {name: create(name) for name in profile.calibration_models}
+    if device.type == "cpu":  # int8 kernels respond to the machine's state unlike fp32 ones (notebook 08)
+        from .strategies.quant import dynamic_int8
+
+        first = profile.calibration_models[0]
+        models[f"{first}, int8"] = dynamic_int8(models[first])
+    return models
+
+
+def calibration_run(profile: Any, device: str | torch.device | None = None) -> dict[str, float]:
+    """One run of the calibration: the profile's ``calibration_models`` (and, on a CPU, the first one's
+    dynamic int8 copy) timed like every comparison (:func:`relative_throughput`, the profile's rounds, no
+    floor), at the largest batch of the profile's ``sweep_batch_sizes`` (as notebooks 02 and 11); returns the median rate of each and the median ratio of each to the first."""
+    dev = torch.device(device or profile.device)
+    torch.manual_seed(profile.seed)
+    models = _calibration_models(profile, dev)
+    shapes = {n: input_shape_of(m) for n, m in models.items()}
+    t = relative_throughput(models, shapes, max(profile.sweep_batch_sizes), dev, floor=False, **profile.timing())
+    out = {f"rate: {n}": t.rate(n).median for n in models}
+    out.update({f"ratio: {n}": t.ratio(n).median for n in models if n != t.reference})
+    return out
+
+
+def calibrate_reruns(
+    profile: Any,
+    runs: int = 6,
+    pause_s: float = 30.0,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Measure how much this machine's timings move between runs: ``runs`` separate processes, ``pause_s``
+    seconds apart, each one :func:`calibration_run`. Returns one results row per quantity (its median over
+    the runs, lowest and highest run, and ``floor`` = (highest - lowest) / median) and a row per kind
+    (``rate``, ``ratio``) with the largest floor of that kind, which :func:`rerun_floor` reads back.
+
+    Separate processes, because a process carries state between timings (the allocator's, before
+    :func:`steady_allocator`; caches; the threads' placement) that rounds within one run cannot vary.
+    The floor is the full spread of the medians, not a half-width, so that any two of these runs' medians
+    lie within each other's widened ranges. Takes about ``runs`` x (a minute + ``pause_s``) in the cpu profile.
+    """
+    import json
+    import subprocess
+    import sys
+
+    if runs < 2:
+        raise ValueError(f"A run-to-run spread needs at least 2 runs, not {runs}.")
+    if pause_s < 0:
+        raise ValueError(f"pause_s cannot be negative, got {pause_s}.")
+    dev = torch.device(device or profile.device)
+    code = ("import json, sys; from vitsurvey import measure, profiles; "
+            "p = profiles.get_profile(sys.argv[1], resolve_data=False); "
+            "print('CALIBRATION ' + json.dumps(measure.calibration_run(p, sys.argv[2])))")
+    medians: dict[str, list[float]] = {}
+    for k in range(runs):
+        if k:
+            time.sleep(pause_s)
+        proc = subprocess.run([sys.executable, "-c", code, profile.name, str(dev)], capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("CALIBRATION ")), None)
+        if proc.returncode or line is None:
+            said = proc.stderr.strip().splitlines()
+            raise RuntimeError(f"Calibration run {k + 1} of {runs} failed (exit {proc.returncode}): "
+                               f"{said[-1] if said else 'no output'}")
+        for key, value in json.loads(line.removeprefix("CALIBRATION ")).items():
+            medians.setdefault(key, []).append(value)
+        if log:
+            log(f"calibration run {k + 1}/{runs}: " + ", ".join(f"{q} {v[-1]:.3g}" for q, v in medians.items()))
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    rows = []
+    for quantity, values in medians.items():
+        mid = statistics.median(values)
+        rows.append({"method": "run-to-run", "setting": quantity, "kind": quantity.split(":")[0], "runs": runs,
+                     "pause_s": pause_s, "median": mid, "low": min(values), "high": max(values),
+                     "floor": (max(values) - min(values)) / mid, "calibrated_at": stamp})
+    for kind in ("rate", "ratio"):
+        floors = [r["floor"] for r in rows if r["kind"] == kind]
+        if floors:
+            rows.append({"method": "run-to-run", "setting": f"{kind} floor", "kind": f"{kind} floor", "runs": runs,
+                         "pause_s": pause_s, "floor": max(floors), "calibrated_at": stamp})
+    return rows
+
+
+def rerun_floor(device: str | torch.device | None = None) -> RerunFloor | None:
+    """The latest run-to-run floor calibrated on this device (same CPU model, threads and instruction set,
+    or the same GPU), from ``data/results/rerun_floor.csv``; None where this device was never calibrated."""
+    from . import results
+
+    frame = results.read(CALIBRATION)
+    if frame.empty or "calibrated_at" not in frame.columns:
+        return None
+    name = results.device_name(device)
+    mine = frame[frame["device"] == name]
+    if mine.empty:
+        return None
+    last = mine[mine["calibrated_at"] == mine["calibrated_at"].max()]
+    floors = dict(zip(last["kind"], last["floor"]))
+    if "rate floor" not in floors or "ratio floor" not in floors:
+        return None
+    return RerunFloor(float(floors["rate floor"]), float(floors["ratio floor"]), int(last["runs"].iloc[0]),
+                      str(last["calibrated_at"].iloc[0]), name)
 
 
 def pass_times_ms(

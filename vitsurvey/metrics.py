@@ -27,11 +27,14 @@ DIRECTIONS = ("min", "max")
 class Spread:
     """Median and spread of repeated measurements of one quantity (a rate, or a ratio of rates).
 
-    The range (``low`` to ``high``, the extremes over the rounds) decides the verdict: it is the widest
-    honest statement of one run's spread, wider than the interquartile range (``q1`` to ``q3``, numpy's
-    linear interpolation), which rounds taken seconds apart, sharing the machine's state of the moment,
-    make narrow. Neither covers the change between runs minutes apart: on a shared CPU two runs' ranges
-    can fail to overlap (notebook 11 compares its ratios with notebook 02's run). The IQR stays
+    The range (``low`` to ``high``) decides the verdict. It is the extremes over the rounds of one run,
+    widened, where the machine's run-to-run variation has been measured, to at least ``between`` (a
+    fraction) either side of the median. Rounds taken seconds apart share the machine's state of the
+    moment, so their range is narrow; runs minutes apart do not: on a shared CPU the same comparison's
+    median moved by several percent between runs whose within-run ranges were 1% wide
+    (:func:`vitsurvey.measure.calibrate_reruns` measures by how much, :func:`vitsurvey.measure.rerun_floor`
+    reads it back). With ``between`` = 0 the range speaks for one run only, and :meth:`format` says so.
+    The interquartile range (``q1`` to ``q3``, numpy's linear interpolation, over the rounds) stays
     available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough rounds.
     """
 
@@ -41,14 +44,20 @@ class Spread:
     low: float
     high: float
     n: int
+    between: float = 0.0
+    """Run-to-run variation folded into ``low`` and ``high``: a fraction of the median (0: none measured)."""
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> Spread:
+    def of(cls, values: Iterable[float], between: float = 0.0) -> Spread:
         v = np.asarray([float(x) for x in values], dtype=float)
         if v.size == 0 or not np.isfinite(v).all():
             raise ValueError(f"A spread needs one or more finite values, got {v.tolist()}.")
+        if not (math.isfinite(between) and 0.0 <= between < 1.0):
+            raise ValueError(f"between is a fraction of the median in [0, 1), not {between}.")
         q1, med, q3 = np.percentile(v, [25, 50, 75])
-        return cls(float(med), float(q1), float(q3), float(v.min()), float(v.max()), int(v.size))
+        low = min(float(v.min()), float(med) * (1.0 - between))
+        high = max(float(v.max()), float(med) * (1.0 + between))
+        return cls(float(med), float(q1), float(q3), low, high, int(v.size), float(between))
 
     @property
     def relative_iqr(self) -> float:
@@ -56,7 +65,7 @@ class Spread:
         return (self.q3 - self.q1) / abs(self.median) if self.median else math.inf
 
     def excludes(self, value: float = 1.0) -> bool:
-        """True when every round lies on one side of ``value`` (the range excludes it)."""
+        """True when the whole range lies on one side of ``value``."""
         return self.low > value or self.high < value
 
     def verdict(self, value: float = 1.0) -> str:
@@ -66,9 +75,11 @@ class Spread:
         return "faster" if self.median > value else "slower"
 
     def format(self, digits: int = 2, unit: str = "") -> str:
-        """``1.32x (range 1.18-1.47, 7 rounds)``-style text, with ``unit`` after each number."""
+        """``1.32x (range 1.22x-1.42x: 7 rounds, runs ±7.5%)``-style text, with ``unit`` after each number;
+        ``one run`` in place of the run-to-run part where none was measured."""
         f = f"{{:.{digits}f}}{unit}"
-        return f"{f.format(self.median)} (range {f.format(self.low)}-{f.format(self.high)}, {self.n} rounds)"
+        runs = f"runs ±{100 * self.between:.1f}%" if self.between else "one run"
+        return f"{f.format(self.median)} (range {f.format(self.low)}-{f.format(self.high)}: {self.n} rounds, {runs})"
 
 
 def speedup_phrase(spread: Spread, digits: int = 2) -> str:

@@ -69,6 +69,9 @@ class Profile:
     timing_max_rounds: int = 11
     """Rounds it may add while a ratio's interquartile range is wider than ``timing_tolerance``."""
     timing_tolerance: float = 0.05
+    calibration_models: tuple[str, ...] = ("vit_small_patch16_224", "efficientformerv2_s0")
+    """timm models that ``python -m vitsurvey calibrate`` times run after run (on a CPU with the first one's
+    int8 copy) to measure how far timings move between runs (:func:`vitsurvey.measure.calibrate_reruns`)."""
     sweep_batch_sizes: tuple[int, ...] = (1, 8)
     """Batch sizes when many models are benchmarked in one notebook (02, 11)."""
     protocol_models: tuple[str, ...] = ()
@@ -109,6 +112,12 @@ class Profile:
     """Token grids (patches per side) at which every mixer layer is counted and timed: N = side^2 tokens."""
     mixer_models: int | None = None
     """How many of notebook 04's timm production models (one per mixer family) it profiles (None: all)."""
+    # data multiplexing (notebook 09)
+    multiplex_samples: int | None = 12_000
+    """Training images for the plain ViT and every multiplexer (a seeded subset; the same for each)."""
+    multiplex_epochs: int = 3
+    multiplex_k: int = 4
+    """Abstract tokens per image in ConcatPlexer: the square of a divisor of the baseline's patch grid."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -135,6 +144,11 @@ class Profile:
         """This profile trained on ``mixer_samples`` images for ``mixer_epochs``: the equal budget every token
         mixer gets in notebook 04."""
         return self.replace(train_samples=self.mixer_samples, epochs=self.mixer_epochs)
+
+    def for_multiplex(self) -> Profile:
+        """This profile trained on ``multiplex_samples`` images for ``multiplex_epochs``: the equal budget of the
+        plain ViT and every multiplexer in notebook 09."""
+        return self.replace(train_samples=self.multiplex_samples, epochs=self.multiplex_epochs)
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
@@ -172,6 +186,7 @@ PROFILES: dict[str, Profile] = {
         timing_max_rounds=3,
         resolutions=(32, 64),
         timing_batch=2,
+        calibration_models=("vit_tiny_patch16_224", "resnet18"),
         sweep_batch_sizes=(1, 2),
         finetune_samples=256,
         compression_levels=(0.3, 0.6),
@@ -190,6 +205,9 @@ PROFILES: dict[str, Profile] = {
         mixer_epochs=1,
         mixer_grids=(4, 8),
         mixer_models=2,
+        multiplex_samples=256,
+        multiplex_epochs=1,
+        multiplex_k=1,  # the smoke baseline's 7 x 7 grid: k is 1 or 49
     ),
     "cpu": Profile(
         name="cpu",
@@ -248,6 +266,9 @@ PROFILES: dict[str, Profile] = {
         mixer_samples=None,
         mixer_epochs=10,
         mixer_grids=(4, 8, 16, 32, 64, 96, 128),
+        multiplex_samples=None,
+        multiplex_epochs=10,
+        multiplex_k=49,  # 14 x 14 patches, 2 x 2 of them per abstract token
         protocol_models=_PROTOCOL_MODELS,
     ),
 }
