@@ -560,7 +560,7 @@ def calibrate_reruns(
     Separate processes, because a process carries state between timings (the allocator's, before
     :func:`steady_allocator`; caches; the threads' placement) that rounds within one run cannot vary.
     The floor is the full spread of the medians, not a half-width, so that any two of these runs' medians
-    lie within each other's widened ranges. Takes about ``runs`` x (a minute + ``pause_s``) in the cpu profile.
+    lie within each other's widened ranges. Takes about ``runs`` x (2.5 minutes + ``pause_s``) in the cpu profile.
     """
     import json
     import subprocess
