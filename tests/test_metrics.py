@@ -179,3 +179,8 @@ def test_a_run_to_run_floor_widens_the_range_and_can_change_the_verdict():
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="between is a fraction"):
             metrics.Spread.of(rounds, between=bad)
+
+
+def test_compare_top1_on_groups_of_different_size():
+    assert metrics.compare_top1(90.0, 80.0, 10_000, n_b=10_000) == "higher"
+    assert metrics.compare_top1(90.0, 80.0, 10_000, n_b=20) == "within noise"  # the small group's SE is 9 points

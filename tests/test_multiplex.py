@@ -130,3 +130,17 @@ def test_bad_settings_are_clear_errors():
         ImageMultiplexer(_vit(), 2)(torch.zeros(2, 784))
     with pytest.raises(TypeError, match="No multiplexing MAC formula for Linear"):
         multiplex.macs_per_image(nn.Linear(2, 2))
+
+
+def test_pooled_output_is_what_the_head_or_the_demultiplexer_reads():
+    vit = _vit()
+    x = _images(4)
+    with torch.no_grad():
+        assert torch.allclose(vit.head(vit.fc_norm(multiplex.pooled_output(vit, x))), vit(x), atol=1e-6)
+        mux = ImageMultiplexer(vit, 2).eval()
+        pooled = multiplex.pooled_output(mux, x)
+        assert pooled.shape == (2, 32)  # one vector per group of two images
+        slots = torch.stack([d(pooled) for d in mux.demux], 1)
+        assert torch.allclose(vit.head(vit.fc_norm(slots)).flatten(0, 1), mux(x), atol=1e-6)
+    with pytest.raises(TypeError, match="pooled_output reads"):
+        multiplex.pooled_output(ConcatPlexer(vit, 2, 4), x)

@@ -111,14 +111,15 @@ def format_top1(top1: float, n: int, digits: int = 2) -> str:
     return f"{top1:.{digits}f} ± {top1_se(top1, n):.{digits}f}%"
 
 
-def compare_top1(a: float, b: float, n: int, z: float = 2.0) -> str:
-    """``higher``, ``lower`` or ``within noise``: accuracy ``a`` against ``b``, both measured on ``n`` images.
+def compare_top1(a: float, b: float, n: int, z: float = 2.0, n_b: int | None = None) -> str:
+    """``higher``, ``lower`` or ``within noise``: accuracy ``a`` against ``b``, both measured on ``n`` images
+    (or ``b`` on ``n_b``, e.g. two disjoint groups of test images).
 
     The two are treated as independent measurements, so the difference's standard error is
     sqrt(se_a^2 + se_b^2); a difference under ``z`` of those is within noise. (On one shared test set
     the two are positively correlated, so this errs towards "within noise".)
     """
-    se = math.hypot(top1_se(a, n), top1_se(b, n))
+    se = math.hypot(top1_se(a, n), top1_se(b, n if n_b is None else n_b))
     if abs(a - b) < z * se or (se == 0 and a == b):
         return "within noise"
     return "higher" if a > b else "lower"

@@ -113,7 +113,7 @@ class Profile:
     mixer_models: int | None = None
     """How many of notebook 04's timm production models (one per mixer family) it profiles (None: all)."""
     # data multiplexing (notebook 09)
-    multiplex_samples: int | None = 12_000
+    multiplex_samples: int | None = 20_000
     """Training images for the plain ViT and every multiplexer (a seeded subset; the same for each)."""
     multiplex_epochs: int = 3
     multiplex_k: int = 4

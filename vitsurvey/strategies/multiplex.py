@@ -202,6 +202,16 @@ class ConcatPlexer(nn.Module):
         return logits.flatten(0, 1)[:b]
 
 
+def pooled_output(model: nn.Module, x: Tensor) -> Tensor:
+    """What the head (or the demultiplexer) reads: the pooled backbone output, one D-vector per image for a
+    plain ViT and one per group of n images for an :class:`ImageMultiplexer`. For linear probes."""
+    if isinstance(model, ImageMultiplexer):
+        return model.representation(x)
+    if isinstance(model, VisionTransformer):
+        return _pool(model, model.forward_features(x))
+    raise TypeError(f"pooled_output reads a VisionTransformer or an ImageMultiplexer, not {type(model).__name__}.")
+
+
 def _block_macs(cfg: ViTConfig, tokens: int) -> int:
     """MACs of one Transformer block of ``cfg``'s width over ``tokens`` tokens (measure.vit_macs's convention)."""
     from ..measure import vit_macs
