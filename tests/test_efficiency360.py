@@ -1,0 +1,200 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from vitsurvey import data
+from vitsurvey import efficiency360 as e360
+
+INFO = data.DATASETS["fashion_mnist"]
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    pixels = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    return (pixels - INFO.mean[0]) / INFO.std[0]
+
+
+class _MeanBrightness(nn.Module):
+    """Class = how bright the image is, in ten steps: a model with a known, input-dependent answer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = (x * INFO.std[0] + INFO.mean[0]).mean((1, 2, 3))
+        centres = torch.linspace(0.45, 0.55, 10)
+        return -((level[:, None] - centres[None]) ** 2) * 1e4
+
+
+def test_severity_zero_is_the_clean_image_and_clean_accuracy():
+    x = _images(32)
+    y = _MeanBrightness()(x).argmax(-1)
+    for name in e360.CORRUPTIONS:
+        assert torch.equal(e360.corrupt(x, INFO, name, 0), x)
+    table = e360.corruption_accuracy(_MeanBrightness(), x, y, INFO, severities=(0, 3))
+    assert (table[table["severity"] == 0]["top1"] == 100.0).all()
+    assert set(table["corruption"]) == set(e360.CORRUPTIONS) and (table["n"] == 32).all()
+
+
+def test_corruptions_grow_with_severity_and_stay_valid_pixels():
+    x = _images(16)
+    for name in e360.CORRUPTIONS:
+        diffs = []
+        for s in e360.SEVERITIES:
+            out = e360.corrupt(x, INFO, name, s)
+            pixels = out * INFO.std[0] + INFO.mean[0]
+            assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5, name
+            diffs.append((out - x).abs().mean().item())
+        assert diffs[-1] > diffs[0], name
+    assert torch.equal(e360.corrupt(x, INFO, "gaussian noise", 2, seed=1), e360.corrupt(x, INFO, "gaussian noise", 2, seed=1))
+
+
+def test_corruption_error_is_one_against_itself():
+    table = pd.DataFrame({"corruption": ["a"] * 3 + ["b"] * 3, "severity": [0, 1, 2] * 2,
+                          "top1": [90, 80, 70, 90, 60, 50], "n": 10})
+    ce = e360.corruption_error(table, table).set_index("corruption")["ce"]
+    assert ce.tolist() == [1.0, 1.0, 1.0]
+    better = table.assign(top1=table["top1"] + 5)
+    assert e360.corruption_error(better, table).set_index("corruption").loc["a", "ce"] == pytest.approx(40 / 50)
+
+
+def test_bad_robustness_inputs_are_clear_errors():
+    x = _images(4)
+    for bad in (-1, 6, 2.5, True):
+        with pytest.raises(ValueError, match="severity must be a whole number from 0"):
+            e360.corrupt(x, INFO, "contrast", bad)
+    with pytest.raises(ValueError, match="Unknown corruption 'fog'"):
+        e360.corrupt(x, INFO, "fog", 1)
+    with pytest.raises(ValueError, match="epsilon is a perturbation size"):
+        e360.perturb(_MeanBrightness(), x, torch.zeros(4, dtype=torch.long), INFO, -0.1)
+    with pytest.raises(ValueError, match="Unknown attack 'cw'"):
+        e360.perturb(_MeanBrightness(), x, torch.zeros(4, dtype=torch.long), INFO, 0.1, attack="cw")
+    with pytest.raises(ValueError, match="one label per image"):
+        e360.corruption_accuracy(_MeanBrightness(), x, torch.zeros(3, dtype=torch.long), INFO)
+
+
+def test_attacks_stay_in_the_ball_and_hurt_a_linear_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    x = _images(64)
+    y = model(x).argmax(-1)  # the model is right on every clean image
+    for attack in ("fgsm", "pgd"):
+        adv = e360.perturb(model, x, y, INFO, 0.05, attack)
+        moved = ((adv - x) * INFO.std[0]).abs().max().item()
+        assert moved <= 0.05 + 1e-5
+        assert (model(adv).argmax(-1) == y).float().mean() < 1.0
+    table = e360.adversarial_accuracy(model, x, y, INFO, (0.0, 0.05), attacks=("fgsm",))
+    assert table["top1"].tolist()[0] == 100.0 and table["top1"].tolist()[1] < 100.0
+
+
+def test_a_calibrated_predictor_has_ece_near_zero_and_an_overconfident_one_does_not():
+    g = torch.Generator().manual_seed(0)
+    n, k = 20_000, 4
+    probs = torch.softmax(torch.randn(n, k, generator=g) * 2, -1)
+    labels = torch.multinomial(probs, 1, generator=g).squeeze(1)  # labels drawn from the stated probabilities
+    calibrated = e360.calibration(probs.log(), labels)
+    assert calibrated["ece"] < 0.02
+    overconfident = e360.calibration(probs.log() * 4, labels)
+    assert overconfident["ece"] > 0.1
+    assert e360.fit_temperature(probs.log() * 4, labels) == pytest.approx(4.0, rel=0.1)
+    table = e360.reliability(probs.log(), labels)
+    ece = ((table["accuracy"] - table["confidence"]).abs() * table["count"]).sum() / n
+    assert ece == pytest.approx(calibrated["ece"], abs=1e-4) and table["count"].sum() == n
+
+
+def test_per_class_accuracies_average_to_overall_on_a_balanced_set():
+    labels = torch.arange(10).repeat(20)
+    preds = labels.clone()
+    preds[::7] = (preds[::7] + 1) % 10
+    table = e360.per_class_accuracy(labels, preds)
+    overall = 100.0 * (preds == labels).float().mean().item()
+    assert table["accuracy"].mean() == pytest.approx(overall) and (table["n"] == 20).all()
+    summary = e360.fairness_summary(table)
+    assert summary["class gap"] == summary["best class accuracy"] - summary["worst class accuracy"]
+    with pytest.raises(ValueError, match="No images of class"):
+        e360.per_class_accuracy(labels[labels != 3], preds[labels != 3], [str(c) for c in range(10)])
+
+
+def test_membership_auc_is_a_coin_flip_for_unseen_images_of_one_distribution():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    a, b = _images(2000, seed=1), _images(2000, seed=2)
+    ya, yb = torch.randint(0, 10, (2000,)), torch.randint(0, 10, (2000,))
+    auc = e360.membership_auc(model, (a, ya), (b, yb))
+    assert abs(auc - 0.5) < 0.05
+    # members labelled with the model's own answers (loss below log 10) against non-members labelled with its
+    # least likely class (loss above log 10): told apart perfectly
+    with torch.no_grad():
+        auc_seen = e360.membership_auc(model, (a, model(a).argmax(-1)), (b, model(b).argmin(-1)))
+    assert auc_seen == 1.0
+    with pytest.raises(ValueError, match="non_members is empty"):
+        e360.membership_auc(model, (a, ya), (a[:0], ya[:0]))
+    assert not math.isnan(auc)
+
+
+def _tiny_vit():
+    from vitsurvey.models import ViTConfig, VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2,
+                                       num_heads=2)).eval()
+
+
+def test_rollout_is_a_distribution_over_tokens_and_uniform_attention_spreads_evenly():
+    vit = _tiny_vit()
+    x = _images(3)
+    r = e360.attention_rollout(vit, x)
+    assert r.shape == (3, 16) and (r > 0).all() and (r.sum(-1) < 1).all()  # the rest stays on the class token
+    for block in vit.blocks:  # queries and keys of zero: every attention row uniform
+        block.attn.qkv.weight.data[: 2 * 32] = 0
+        block.attn.qkv.bias.data[: 2 * 32] = 0
+    flat = e360.attention_rollout(vit, x)
+    assert torch.allclose(flat, flat[:, :1].expand_as(flat), atol=1e-6)
+    with pytest.raises(ValueError, match="softmax attention"):
+        from vitsurvey.models import VisionTransformer
+
+        e360.attention_rollout(VisionTransformer(vit.cfg.with_mixer("pool")), x)
+
+
+def test_deletion_follows_the_relevance_order():
+    class CentreOnly(nn.Module):  # its answer depends only on the four centre patches
+        def forward(self, x):
+            centre = x[:, :, 7:21, 7:21].mean((1, 2, 3))
+            return torch.stack([centre * 10, -centre * 10], 1)
+
+    x = _images(8).abs() + 0.5
+    relevance = torch.zeros(8, 16)
+    relevance[:, [5, 6, 9, 10]] = 1.0  # the centre patches first
+    right = e360.deletion_curve(CentreOnly(), x, relevance, 7, fractions=(0, 0.25, 1))
+    wrong = e360.deletion_curve(CentreOnly(), x, -relevance, 7, fractions=(0, 0.25, 1))
+    assert right["probability"].iloc[1] == pytest.approx(0.5) and wrong["probability"].iloc[1] > 0.99
+    assert e360.curve_area(right) < e360.curve_area(wrong)
+    with pytest.raises(ValueError, match="do not tile"):
+        e360.deletion_curve(CentreOnly(), x, relevance[:, :15], 7)
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        e360.deletion_curve(CentreOnly(), x, relevance, 7, fractions=(0, 1.5))
+
+
+def test_who_can_run_reports_one_thread_costs_and_restores_threads():
+    vit = _tiny_vit()
+    before = torch.get_num_threads()
+    out = e360.who_can_run(vit, (1, 28, 28), iters=2)
+    assert torch.get_num_threads() == before
+    assert out["latency_1_thread_ms"] > 0 and out["memory_bytes"] > 0 and out["size_bytes"] > 4 * sum(
+        p.numel() for p in vit.parameters())
+
+
+def test_auc_se_shrinks_with_more_samples():
+    assert e360.auc_se(0.5, 100, 100) > e360.auc_se(0.5, 10_000, 10_000) > 0
+    with pytest.raises(ValueError, match="positives and negatives"):
+        e360.auc_se(0.5, 0, 10)
+
+
+def test_card_has_every_dimension_once_measured():
+    vit = _tiny_vit()
+    x, y = _images(64, seed=3), torch.arange(10).repeat(7)[:64]
+    members = (_images(64, seed=4), torch.arange(10).repeat(7)[:64])
+    table = e360.card(vit, (x, y), members, INFO, resamples=10)
+    assert {"accuracy", "robustness", "probabilistic", "fairness", "privacy", "inclusiveness"} == set(table["dimension"])
+    assert table["value"].notna().all() and set(table["better"]) == {"higher", "lower"}
+    top1 = table.loc[table["quantity"] == "top-1 (%)", "value"].item()
+    assert top1 == pytest.approx(100.0 * (vit(x).argmax(-1) == y).float().mean().item())
