@@ -198,3 +198,39 @@ def test_card_has_every_dimension_once_measured():
     assert table["value"].notna().all() and set(table["better"]) == {"higher", "lower"}
     top1 = table.loc[table["quantity"] == "top-1 (%)", "value"].item()
     assert top1 == pytest.approx(100.0 * (vit(x).argmax(-1) == y).float().mean().item())
+
+
+def test_continual_summary_follows_its_definition():
+    table = pd.DataFrame({"after task": [1, 2, 2, 3, 3, 3], "task": [1, 1, 2, 1, 2, 3],
+                          "top1": [90.0, 60.0, 80.0, 30.0, 50.0, 70.0]})
+    out = e360.continual_summary(table)
+    assert out["average accuracy"] == pytest.approx(50.0)
+    assert out["forgetting"] == pytest.approx(((90 - 30) + (80 - 50)) / 2)
+
+
+def test_class_incremental_trains_task_by_task_and_replay_keeps_old_classes():
+    from vitsurvey import profiles
+
+    templates = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def make(n, seed):  # faint class patterns under strong noise: classes overlap, so forgetting shows
+        y = torch.arange(4).repeat(n // 4)
+        return 0.1 * templates[y] + torch.randn(len(y), 1, 28, 28, generator=torch.Generator().manual_seed(seed)), y
+
+    train_set, test_set = make(800, 1), make(400, 2)
+    prof = profiles.get_profile("smoke", resolve_data=False).replace(epochs=3, batch_size=32, augment=False, lr=3e-3)
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+
+    naive = e360.class_incremental(build, train_set, test_set, prof, tasks=2)
+    assert list(zip(naive["after task"], naive["task"])) == [(1, 1), (2, 1), (2, 2)]
+    assert naive["n"].iloc[1] + naive["n"].iloc[2] == 400
+    replay = e360.class_incremental(build, train_set, test_set, prof, tasks=2, replay_per_class=50)
+    assert e360.continual_summary(naive)["forgetting"] > e360.continual_summary(replay)["forgetting"] >= 0
+    for bad in (1, 5):
+        with pytest.raises(ValueError, match="tasks must be a whole number from 2 to the number of classes"):
+            e360.class_incremental(build, train_set, test_set, prof, tasks=bad)
+    with pytest.raises(ValueError, match="replay_per_class cannot be negative"):
+        e360.class_incremental(build, train_set, test_set, prof, replay_per_class=-1, tasks=2)

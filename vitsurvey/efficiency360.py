@@ -12,10 +12,12 @@ not be obtained, so what each dimension measures here is our reading, stated wit
   demographic attribute), the worst class and the gap;
 * privacy: the AUC of a loss-threshold membership-inference attack (Yeom et al., 2018);
 * transparency: attention rollout maps (Abnar & Zuidema, 2020) and their faithfulness, by a deletion curve;
-* inclusiveness: what it takes to run the model on the smallest machine (one CPU thread, batch 1).
+* inclusiveness: what it takes to run the model on the smallest machine (one CPU thread, batch 1);
+* continual learning: class-incremental training over task splits, with average accuracy and forgetting, for
+  naive fine-tuning and a replay buffer.
 
-:func:`card` gathers them for one model. Still to come: differentially private training, continual learning,
-and accuracy on under-represented classes after imbalanced training.
+:func:`card` gathers the per-model ones for one model. Still to come: differentially private training and
+accuracy on under-represented classes after imbalanced training.
 
 Every function takes standardised images (as :func:`vitsurvey.data.load` returns them) and returns a tidy
 table or a number. Perturbations are applied in pixel space, [0, 1] per channel, and standardised again, so
@@ -493,3 +495,69 @@ def card(
     add("inclusiveness", "inference memory at batch 1 (bytes)", cost["memory_bytes"], None, "lower", 1)
     add("inclusiveness", "saved model size (bytes)", cost["size_bytes"], None, "lower", 1)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- continual learning
+
+
+def class_incremental(
+    build: Callable[[], nn.Module],
+    train_set: tuple[Tensor, Tensor],
+    test_set: tuple[Tensor, Tensor],
+    profile: object,
+    tasks: int = 5,
+    replay_per_class: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Class-incremental learning: the classes are split into ``tasks`` consecutive groups, and one model
+    (from ``build``) is trained on them one after another with :func:`vitsurvey.train.fit` and the profile's
+    settings, with no task identity at test time. ``replay_per_class`` > 0 keeps that many seeded training
+    images of every class already seen and mixes them into each later task (a replay buffer); 0 is naive
+    fine-tuning. One row per (after task, task seen so far): top-1 (%) on that task's test images over all
+    classes, and ``n``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from . import train
+
+    (xs, ys), (xt, yt) = train_set, test_set
+    _check_images(xs, ys)
+    _check_images(xt, yt)
+    classes = sorted(int(c) for c in ys.unique())
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or not 2 <= tasks <= len(classes):
+        raise ValueError(f"tasks must be a whole number from 2 to the number of classes ({len(classes)}), not {tasks!r}.")
+    if replay_per_class < 0:
+        raise ValueError(f"replay_per_class cannot be negative, got {replay_per_class}.")
+    groups = [list(g) for g in np.array_split(classes, tasks)]
+    g = torch.Generator().manual_seed(seed)
+    model, buffer, rows = build(), torch.zeros(0, dtype=torch.long), []
+    for t, group in enumerate(groups):
+        idx = torch.nonzero(torch.isin(ys, torch.tensor(group))).flatten()
+        if not len(idx):
+            raise ValueError(f"No training images of classes {group}.")
+        mixed = torch.cat([idx, buffer])
+        loader = DataLoader(TensorDataset(xs[mixed], ys[mixed]), batch_size=profile.batch_size,  # type: ignore[attr-defined]
+                            shuffle=True, generator=torch.Generator().manual_seed(seed + t),
+                            drop_last=len(mixed) >= profile.batch_size)  # type: ignore[attr-defined]
+        test_idx = torch.nonzero(torch.isin(yt, torch.tensor(group))).flatten()
+        current = DataLoader(TensorDataset(xt[test_idx], yt[test_idx]), batch_size=256)
+        train.fit(model, loader, current, profile, log=None)  # type: ignore[arg-type]
+        for s, seen in enumerate(groups[: t + 1]):
+            sel = torch.isin(yt, torch.tensor(seen))
+            pred = logits_of(model, xt[sel]).argmax(-1)
+            rows.append({"after task": t + 1, "task": s + 1, "classes": ", ".join(map(str, seen)),
+                         "top1": 100.0 * (pred == yt[sel]).float().mean().item(), "n": int(sel.sum())})
+        if replay_per_class:
+            keep = [idx_c[torch.randperm(len(idx_c), generator=g)[:replay_per_class]]
+                    for c in group for idx_c in [torch.nonzero(ys == c).flatten()]]
+            buffer = torch.cat([buffer, *keep])
+    return pd.DataFrame(rows)
+
+
+def continual_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Average accuracy over all tasks after the last one, and forgetting: for each task but the last, its
+    best accuracy before the end minus its accuracy at the end, averaged (Chaudhry et al., 2018)."""
+    last = int(table["after task"].max())
+    final = table[table["after task"] == last].set_index("task")["top1"]
+    earlier = table[table["after task"] < last]
+    forgetting = [earlier[earlier["task"] == t]["top1"].max() - final[t] for t in final.index if t < last]
+    return {"average accuracy": float(final.mean()), "forgetting": float(np.mean(forgetting)) if forgetting else 0.0}
