@@ -213,9 +213,22 @@ def _read(name: str, split: str, roots: list[Path]) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- public API
 def standardise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 with the data set's per-channel mean 0 and std 1."""
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return from_pixels(images.float() / 255.0, info)
+
+
+def from_pixels(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """Pixels in [0, 1] (N, C, H, W) -> the standardised inputs the models take."""
+    mean = torch.tensor(info.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=pixels.dtype).view(1, -1, 1, 1)
+    return (pixels - mean) / std
+
+
+def to_pixels(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """Standardised inputs -> pixels in [0, 1] (the inverse of :func:`from_pixels`): where perturbations that
+    are defined on pixels (noise, contrast, an attack's epsilon) are applied."""
+    mean = torch.tensor(info.mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=images.dtype).view(1, -1, 1, 1)
+    return images * std + mean
 
 
 def synthetic(

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import DatasetInfo
+from .data import DatasetInfo, from_pixels, to_pixels
 
 SEVERITIES = (1, 2, 3, 4, 5)
 """Corruption severities, as in ImageNet-C; severity 0 is the clean image."""
@@ -56,18 +56,6 @@ def logits_of(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor
     """The model's logits for every image, in eval mode, in batches."""
     model.eval()
     return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-def _to_pixels(images: Tensor, info: DatasetInfo) -> Tensor:
-    mean = torch.tensor(info.mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=images.dtype).view(1, -1, 1, 1)
-    return images * std + mean
-
-
-def _from_pixels(pixels: Tensor, info: DatasetInfo) -> Tensor:
-    mean = torch.tensor(info.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=pixels.dtype).view(1, -1, 1, 1)
-    return (pixels - mean) / std
 
 
 # --------------------------------------------------------------------------- robustness: corruptions
@@ -110,8 +98,8 @@ def corrupt(images: Tensor, info: DatasetInfo, name: str, severity: int, seed: i
     if severity == 0:
         return images.clone()
     g = torch.Generator().manual_seed(seed)
-    pixels = CORRUPTIONS[name](_to_pixels(images, info), severity, g).clamp(0.0, 1.0)
-    return _from_pixels(pixels, info)
+    pixels = CORRUPTIONS[name](to_pixels(images, info), severity, g).clamp(0.0, 1.0)
+    return from_pixels(pixels, info)
 
 
 def corruption_accuracy(
@@ -163,7 +151,7 @@ class _Standardised(nn.Module):
         self.model, self.info = model, info
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.model(_from_pixels(pixels, self.info))
+        return self.model(from_pixels(pixels, self.info))
 
 
 def perturb(
@@ -185,7 +173,7 @@ def perturb(
         raise ValueError(f"steps must be at least 1, not {steps}.")
     _check_images(images, labels)
     net = _Standardised(model, info).eval()
-    clean = _to_pixels(images, info).clamp(0, 1)
+    clean = to_pixels(images, info).clamp(0, 1)
     if epsilon == 0:
         return images.clone()
     x = clean.clone()
@@ -200,7 +188,7 @@ def perturb(
         with torch.no_grad():
             x = x + alpha * grad.sign()
             x = torch.min(torch.max(x, clean - epsilon), clean + epsilon).clamp(0, 1)
-    return _from_pixels(x.detach(), info)
+    return from_pixels(x.detach(), info)
 
 
 def adversarial_accuracy(

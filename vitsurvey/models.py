@@ -260,13 +260,7 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         w = self.patch_embed.proj.weight
         nn.init.uniform_(w, -1 / math.sqrt(w[0].numel()), 1 / math.sqrt(w[0].numel()))
 
@@ -320,6 +314,18 @@ class VisionTransformer(nn.Module):
         with torch.no_grad():
             self.forward_features(x, token_step=count)
         return counts[: self.cfg.depth]
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT's initialisation of every Linear (truncated normal, std 0.02; zero bias) and LayerNorm (1, 0) in
+    ``module``: for the from-scratch ViT and for layers that wrappers add around it."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def require_plain(model: nn.Module, what: str) -> None:

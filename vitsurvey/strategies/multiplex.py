@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models import Block, Mlp, ViTConfig, VisionTransformer
+from ..models import Block, Mlp, ViTConfig, VisionTransformer, init_weights
 
 TRANSFORMS = ("orthogonal", "hadamard")
 """The Image Multiplexer's fixed per-slot transforms (DataMUX's two kinds)."""
@@ -102,10 +102,7 @@ class ImageMultiplexer(nn.Module):
         else:
             self.register_buffer("mix", torch.randn(n, D, generator=g))
         self.demux = nn.ModuleList(Mlp(D, D) for _ in range(n))
-        for m in self.demux.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self.demux)
 
     def multiplex(self, x: Tensor) -> Tensor:
         """Images (G n, C, H, W) -> the backbone's input (G, T, D): each slot's embedded tokens transformed,
@@ -118,24 +115,20 @@ class ImageMultiplexer(nn.Module):
             t = t * self.mix[None, :, None, :]
         return t.mean(1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x, b = _pad(x, self.n)
-        h = self.multiplex(x)
-        for block in self.vit.blocks:
-            h, _ = block(h)
-        pooled = _pool(self.vit, self.vit.norm(h))  # (G, D)
-        slots = torch.stack([demux(pooled) for demux in self.demux], 1)  # (G, n, D)
-        logits = self.vit.head(self.vit.fc_norm(slots))
-        return logits.flatten(0, 1)[:b]
-
     def representation(self, x: Tensor) -> Tensor:
-        """The pooled backbone output of each group, before demultiplexing: (G, D). What a linear probe reads
-        to ask how much of each slot's image survives the superposition."""
+        """The one backbone pass per group: its pooled output, before demultiplexing, (G, D). Also what a
+        linear probe reads to ask how much of each slot's image survives the superposition."""
         x, _ = _pad(x, self.n)
         h = self.multiplex(x)
         for block in self.vit.blocks:
             h, _ = block(h)
         return _pool(self.vit, self.vit.norm(h))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.representation(x)  # (G, D)
+        slots = torch.stack([demux(pooled) for demux in self.demux], 1)  # (G, n, D)
+        logits = self.vit.head(self.vit.fc_norm(slots))
+        return logits.flatten(0, 1)[: x.shape[0]]  # padding's rows dropped
 
 
 class ConcatPlexer(nn.Module):
@@ -168,10 +161,7 @@ class ConcatPlexer(nn.Module):
         self.patchifier = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_hidden) for _ in range(patchifier_depth))
         self.cmux = nn.Conv2d(D, D, kernel_size=self.stride, stride=self.stride)
         self.slot_embed = nn.Parameter(torch.zeros(1, n, 1, D)) if n > 1 else None
-        for m in self.patchifier.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self.patchifier)
         if self.slot_embed is not None:
             nn.init.trunc_normal_(self.slot_embed, std=0.02)
 
