@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -345,6 +346,38 @@ def test_rerun_floor_reads_the_latest_calibration_of_this_device(out, monkeypatc
     assert t.floor is None and t.ratio("new").verdict() == "faster"
 
 
+def by_setting(rows):
+    return {r["setting"]: r for r in rows}
+
+
+def test_each_calibration_run_has_its_companion_in_turn():
+    prof = profiles.get_profile("cpu", resolve_data=False)
+    assert [measure.companion_of_run(prof, k) for k in range(6)] == [
+        None, "resnet50", "vit_base_patch16_224", None, "resnet50", "vit_base_patch16_224"]
+    alone = dataclasses.replace(prof, calibration_companions=())
+    assert [measure.companion_of_run(alone, k) for k in range(3)] == [None, None, None]
+
+
+def test_a_calibration_run_reports_every_pair_but_not_its_companion(monkeypatch):
+    prof = profiles.get_profile("smoke", resolve_data=False)
+    timed = []
+    real = measure.relative_throughput
+
+    def spy(models, *args, **kwargs):
+        timed.append(list(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "relative_throughput", spy)
+    out = measure.calibration_run(prof, "cpu", "mobilenetv3_small_100")
+    assert timed == [["vit_tiny_patch16_224", "resnet18", "vit_tiny_patch16_224, int8",
+                      "companion: mobilenetv3_small_100"]]
+    assert sorted(out) == sorted([
+        "rate: vit_tiny_patch16_224", "rate: resnet18", "rate: vit_tiny_patch16_224, int8",
+        "ratio: resnet18 / vit_tiny_patch16_224", "ratio: vit_tiny_patch16_224, int8 / vit_tiny_patch16_224",
+        "ratio: vit_tiny_patch16_224, int8 / resnet18"])
+    assert all(v > 0 for v in out.values())
+
+
 def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
     import subprocess
 
@@ -359,6 +392,9 @@ def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
     monkeypatch.setattr(subprocess, "run", fake_run)
     rows = measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=3, pause_s=0, log=None)
     assert len(launched) == 3 and all("smoke" in cmd for cmd in launched)
+    # run 1 times the calibration models alone, run 2 beside the profile's companion, run 3 alone again
+    assert [cmd[-1] for cmd in launched] == ["", "mobilenetv3_small_100", ""]
+    assert by_setting(rows)["rate: a"]["companions"] == "mobilenetv3_small_100"
     by = {r["setting"]: r for r in rows}
     assert by["rate: a"]["median"] == 11.0 and by["rate: a"]["floor"] == pytest.approx(2 / 11)
     assert by["ratio floor"]["floor"] == pytest.approx(0.2 / 2.0) and by["rate floor"]["floor"] == pytest.approx(2 / 11)

@@ -531,17 +531,34 @@ def _calibration_models(profile: Any, device: torch.device) -> dict[str, nn.Modu
     return models
 
 
-def calibration_run(profile: Any, device: str | torch.device | None = None) -> dict[str, float]:
+def companion_of_run(profile: Any, k: int) -> str | None:
+    """The companion model of calibration run ``k`` (0-based): none in every ``len + 1``-th run, else the
+    profile's ``calibration_companions`` in turn."""
+    companions = tuple(profile.calibration_companions)
+    slot = k % (len(companions) + 1)
+    return companions[slot - 1] if slot else None
+
+
+def calibration_run(profile: Any, device: str | torch.device | None = None,
+                    companion: str | None = None) -> dict[str, float]:
     """One run of the calibration: the profile's ``calibration_models`` (and, on a CPU, the first one's
     dynamic int8 copy) timed like every comparison (:func:`relative_throughput`, the profile's rounds, no
-    floor), at the largest batch of the profile's ``sweep_batch_sizes`` (as notebooks 02 and 11); returns the median rate of each and the median ratio of each to the first."""
+    floor), at the largest batch of the profile's ``sweep_batch_sizes`` (as notebooks 02 and 11), with
+    ``companion`` (a timm model) timed in the same rounds but not reported. Returns the median rate of each
+    model and the median ratio of every pair (a later model over an earlier one)."""
     dev = torch.device(device or profile.device)
     torch.manual_seed(profile.seed)
     models = _calibration_models(profile, dev)
+    reported = list(models)
+    if companion:
+        from .models import create
+
+        models[f"companion: {companion}"] = create(companion)
     shapes = {n: input_shape_of(m) for n, m in models.items()}
     t = relative_throughput(models, shapes, max(profile.sweep_batch_sizes), dev, floor=False, **profile.timing())
-    out = {f"rate: {n}": t.rate(n).median for n in models}
-    out.update({f"ratio: {n}": t.ratio(n).median for n in models if n != t.reference})
+    out = {f"rate: {n}": t.rate(n).median for n in reported}
+    out.update({f"ratio: {b} / {a}": t.ratio(b, a).median
+                for i, a in enumerate(reported) for b in reported[i + 1:]})
     return out
 
 
@@ -558,7 +575,9 @@ def calibrate_reruns(
     (``rate``, ``ratio``) with the largest floor of that kind, which :func:`rerun_floor` reads back.
 
     Separate processes, because a process carries state between timings (the allocator's, before
-    :func:`steady_allocator`; caches; the threads' placement) that rounds within one run cannot vary.
+    :func:`steady_allocator`; caches; the threads' placement) that rounds within one run cannot vary; a
+    different companion model per run (:func:`companion_of_run`), because a ratio also moves with the
+    other models timed in the same rounds.
     The floor is the full spread of the medians, not a half-width, so that any two of these runs' medians
     lie within each other's widened ranges. Takes about ``runs`` x (2.5 minutes + ``pause_s``) in the cpu profile.
     """
@@ -573,12 +592,14 @@ def calibrate_reruns(
     dev = torch.device(device or profile.device)
     code = ("import json, sys; from vitsurvey import measure, profiles; "
             "p = profiles.get_profile(sys.argv[1], resolve_data=False); "
-            "print('CALIBRATION ' + json.dumps(measure.calibration_run(p, sys.argv[2])))")
+            "print('CALIBRATION ' + json.dumps(measure.calibration_run(p, sys.argv[2], sys.argv[3] or None)))")
     medians: dict[str, list[float]] = {}
     for k in range(runs):
         if k:
             time.sleep(pause_s)
-        proc = subprocess.run([sys.executable, "-c", code, profile.name, str(dev)], capture_output=True, text=True)
+        companion = companion_of_run(profile, k) or ""
+        proc = subprocess.run([sys.executable, "-c", code, profile.name, str(dev), companion],
+                              capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("CALIBRATION ")), None)
         if proc.returncode or line is None:
             said = proc.stderr.strip().splitlines()
@@ -587,12 +608,14 @@ def calibrate_reruns(
         for key, value in json.loads(line.removeprefix("CALIBRATION ")).items():
             medians.setdefault(key, []).append(value)
         if log:
-            log(f"calibration run {k + 1}/{runs}: " + ", ".join(f"{q} {v[-1]:.3g}" for q, v in medians.items()))
+            log(f"calibration run {k + 1}/{runs} (beside {companion or 'nothing else'}): "
+                + ", ".join(f"{q} {v[-1]:.3g}" for q, v in medians.items()))
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     rows = []
     for quantity, values in medians.items():
         mid = statistics.median(values)
         rows.append({"method": "run-to-run", "setting": quantity, "kind": quantity.split(":")[0], "runs": runs,
+                     "companions": ", ".join(profile.calibration_companions) or "none",
                      "pause_s": pause_s, "median": mid, "low": min(values), "high": max(values),
                      "floor": (max(values) - min(values)) / mid, "calibrated_at": stamp})
     for kind in ("rate", "ratio"):
