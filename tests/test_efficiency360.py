@@ -194,7 +194,8 @@ def test_card_has_every_dimension_once_measured():
     x, y = _images(64, seed=3), torch.arange(10).repeat(7)[:64]
     members = (_images(64, seed=4), torch.arange(10).repeat(7)[:64])
     table = e360.card(vit, (x, y), members, INFO, resamples=10)
-    assert {"accuracy", "robustness", "probabilistic", "fairness", "privacy", "inclusiveness"} == set(table["dimension"])
+    assert {"accuracy", "robustness", "probabilistic", "fairness", "privacy", "inclusiveness", "transparency",
+            "spectral complexity"} == set(table["dimension"])
     assert table["value"].notna().all() and set(table["better"]) == {"higher", "lower"}
     top1 = table.loc[table["quantity"] == "top-1 (%)", "value"].item()
     assert top1 == pytest.approx(100.0 * (vit(x).argmax(-1) == y).float().mean().item())
@@ -234,3 +235,168 @@ def test_class_incremental_trains_task_by_task_and_replay_keeps_old_classes():
             e360.class_incremental(build, train_set, test_set, prof, tasks=bad)
     with pytest.raises(ValueError, match="replay_per_class cannot be negative"):
         e360.class_incremental(build, train_set, test_set, prof, replay_per_class=-1, tasks=2)
+
+
+def test_card_with_a_reference_and_macs_adds_approximation_complexity_and_spectral_rows():
+    vit = _tiny_vit()
+    x, y = _images(64, seed=3), torch.arange(10).repeat(7)[:64]
+    members = (_images(64, seed=4), y)
+    table = e360.card(vit, (x, y), members, INFO, resamples=10, reference=vit, macs=1234.0)
+    assert {"approximation", "computational complexity", "spectral complexity"} <= set(table["dimension"])
+    by = table.set_index("quantity")["value"]
+    assert by["top-1 agreement with the reference (%)"] == 100.0
+    assert by["KL divergence from the reference (nats)"] == pytest.approx(0.0, abs=1e-6)
+    assert by["MACs per image"] == 1234.0
+    assert by["rollout correlation with the reference"] == pytest.approx(1.0)
+    assert 0 <= by["deletion area of attention rollout"] <= 1
+    plain = e360.card(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (x, y), members, INFO, resamples=10)
+    assert "transparency" not in set(plain["dimension"])  # rollout needs a ViT with a class token
+
+
+def test_rollout_agreement_is_one_with_itself_and_needs_the_same_patches():
+    from vitsurvey.models import ViTConfig, VisionTransformer
+
+    vit, x = _tiny_vit(), _images(8, seed=6)
+    same = e360.rollout_agreement(vit, vit, x)
+    assert same["correlation"] == pytest.approx(1.0) and same["se"] == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(1)
+    other = VisionTransformer(ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2,
+                                        num_heads=2)).eval()
+    assert -1 <= e360.rollout_agreement(other, vit, x)["correlation"] < 1
+    coarse = VisionTransformer(ViTConfig(img_size=28, patch_size=14, in_chans=1, num_classes=10, embed_dim=32, depth=1,
+                                         num_heads=2)).eval()
+    with pytest.raises(ValueError, match="different patches"):
+        e360.rollout_agreement(coarse, vit, x)
+
+
+def test_relative_to_puts_better_above_one_for_either_direction():
+    rows = [{"model": m, "dimension": "d", "quantity": q, "value": v, "se": se, "better": b, "n": 100}
+            for m, vals in (("base", (80.0, 0.10, 0.0, 5.0)), ("small", (72.0, 0.05, 3.0, 4.0)))
+            for q, v, se, b in zip(("top-1 (%)", "ece", "zero", "log10 size"), vals, (4.0, 0.01, None, None),
+                                   ("higher", "lower", "lower", "lower"))]
+    rel = e360.relative_to(pd.DataFrame(rows), "base").set_index(["model", "quantity"])
+    assert rel.loc[("base", "top-1 (%)"), "relative"] == 1.0
+    assert rel.loc[("small", "top-1 (%)"), "relative"] == pytest.approx(0.9)
+    assert rel.loc[("small", "ece"), "relative"] == pytest.approx(2.0)  # half the error: twice as good
+    assert rel.loc[("small", "top-1 (%)"), "relative se"] == pytest.approx(0.9 * math.sqrt((4 / 72) ** 2 + (4 / 80) ** 2))
+    assert ("small", "zero") not in rel.index  # no ratio to a reference of 0
+    assert rel.loc[("small", "log10 size"), "relative"] == pytest.approx(10.0)  # ten times smaller
+    with pytest.raises(ValueError, match="No card of 'nobody'"):
+        e360.relative_to(pd.DataFrame(rows), "nobody")
+
+
+def test_agreement_is_total_for_the_same_function_and_none_for_a_shifted_one():
+    vit, x = _tiny_vit(), _images(32, seed=5)
+    same = e360.agreement(vit, vit, x)
+    assert same["agreement"] == 100.0 and same["kl"] == pytest.approx(0.0, abs=1e-6)
+
+    class Shifted(nn.Module):  # predicts the next class: never agrees
+        def forward(self, z):
+            return vit(z).roll(1, -1)
+
+    assert e360.agreement(Shifted(), vit, x)["agreement"] == 0.0 and e360.agreement(Shifted(), vit, x)["kl"] > 0
+    with pytest.raises(ValueError, match="non-empty batch"):
+        e360.agreement(vit, vit, x[:0])
+
+
+def test_spectral_complexity_follows_its_formula_and_reads_int8_weights():
+    from vitsurvey.strategies import quant
+
+    n, c = 8, 3.0
+    layer = nn.Linear(n, n, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(c * torch.eye(n))
+    # ||W||_2 = c; rows' L2 norms sum to n c; so (n^(2/3))^(3/2) = n multiplies c
+    out = e360.spectral_complexity(nn.Sequential(layer))
+    assert out["log10 spectral complexity"] == pytest.approx(math.log10(c) + math.log10(n))
+    assert out["log10 product of spectral norms"] == pytest.approx(math.log10(c)) and out["matrices"] == 1
+    two = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4))
+    base = e360.spectral_complexity(two)
+    with torch.no_grad():
+        for m in (two[0], two[2]):
+            m.weight.mul_(2)
+    assert e360.spectral_complexity(two)["log10 spectral complexity"] == pytest.approx(
+        base["log10 spectral complexity"] + 2 * math.log10(2))
+    int8 = e360.spectral_complexity(quant.dynamic_int8(two))
+    assert int8["matrices"] == 2 and int8["log10 spectral complexity"] == pytest.approx(
+        e360.spectral_complexity(two)["log10 spectral complexity"], abs=0.01)
+    with pytest.raises(ValueError, match="no weight matrices"):
+        e360.spectral_complexity(nn.GELU())
+
+
+def _patterns(n, seed, classes=4, strength=0.3):
+    templates = torch.randn(classes, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(classes).repeat(n // classes)
+    return strength * templates[y] + torch.randn(len(y), 1, 28, 28, generator=torch.Generator().manual_seed(seed)), y
+
+
+def _linear_probe():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+
+
+def test_imbalanced_indices_keep_a_fraction_of_the_rare_classes_only():
+    y = torch.arange(4).repeat(50)
+    idx = e360.imbalanced_indices(y, [1, 3], 0.1, seed=0)
+    counts = torch.bincount(y[idx], minlength=4).tolist()
+    assert counts == [50, 5, 50, 5] and torch.equal(idx, e360.imbalanced_indices(y, [1, 3], 0.1, seed=0))
+    with pytest.raises(ValueError, match="rare must name classes present"):
+        e360.imbalanced_indices(y, [7], 0.1)
+    with pytest.raises(ValueError, match="keep is the fraction"):
+        e360.imbalanced_indices(y, [1], 0.0)
+
+
+def test_imbalanced_training_hurts_the_rare_class_against_a_balanced_control():
+    from vitsurvey import profiles
+
+    prof = profiles.get_profile("smoke", resolve_data=False).replace(epochs=3, batch_size=32, augment=False, lr=3e-3)
+    table = e360.imbalanced_training(_linear_probe, _patterns(800, 1, strength=0.12), _patterns(400, 2, strength=0.12),
+                                     prof, rare=[3], keep=0.05)
+    assert len(table) == 8 and set(table["trained on"]) == {"imbalanced", "balanced (control)"}
+    by = table.set_index(["trained on", "class"])
+    assert by.loc[("imbalanced", "3"), "train images"] == 10 and by.loc[("imbalanced", "3"), "rare"]
+    assert table.groupby("trained on")["train images"].sum().nunique() == 1  # the same number of images
+    assert by.loc[("imbalanced", "3"), "accuracy"] < by.loc[("balanced (control)", "3"), "accuracy"]
+
+
+def test_private_training_spends_its_budget_and_the_control_is_not_private():
+    from vitsurvey import profiles
+
+    prof = profiles.get_profile("smoke", resolve_data=False).replace(epochs=2, batch_size=32, augment=False, lr=3e-3)
+    train_set, test_set = _patterns(256, 1), _patterns(64, 2)
+    built = []
+
+    def build():
+        built.append(_linear_probe())
+        return built[-1]
+
+    table = e360.private_training(build, train_set, test_set, prof, (2.0, math.inf)).set_index("epsilon")
+    private, control = table.loc[2.0], table.loc[math.inf]
+    assert 0 < private["epsilon spent"] <= 2.0 * 1.05 and private["noise multiplier"] > 0
+    assert control["epsilon spent"] == math.inf and control["noise multiplier"] == 0
+    assert private["delta"] == pytest.approx(0.1 / 256) and (table["n"] == 64).all()
+    assert len(built) == 2 and not built[0][1]._forward_hooks  # opacus's hooks are removed after training
+    assert ((table["membership AUC"] > 0) & (table["membership AUC"] < 1)).all()
+    vit_table = e360.private_training(_tiny_vit, (_images(64), torch.arange(10).repeat(7)[:64]),
+                                      (_images(32, 1), torch.arange(10).repeat(4)[:32]), prof, (8.0,))
+    assert vit_table["noise multiplier"].item() > 0  # the from-scratch ViT trains privately too
+    for bad, match in (((0.0,), "epsilon is positive"), ((float("nan"),), "epsilon is positive"),
+                       ((), "at least one privacy budget")):
+        with pytest.raises(ValueError, match=match):
+            e360.private_training(_linear_probe, train_set, test_set, prof, bad)
+    with pytest.raises(ValueError, match="delta is a probability"):
+        e360.private_training(_linear_probe, train_set, test_set, prof, (1.0,), delta=1.5)
+
+
+def test_a_transfer_attack_is_crafted_on_the_source_and_scored_on_the_model():
+    from vitsurvey.strategies import quant
+
+    vit = _tiny_vit()
+    x, y = _images(16, seed=7), torch.arange(10).repeat(2)[:16]
+    int8 = quant.dynamic_int8(vit)
+    with pytest.raises(ValueError, match="int8 kernels, which have no gradients"):
+        e360.adversarial_accuracy(int8, x, y, INFO, (2 / 255,), attacks=("fgsm",))
+    transfer = e360.adversarial_accuracy(int8, x, y, INFO, (0.0, 8 / 255), attacks=("fgsm",), source=vit)
+    clean = 100.0 * (e360.logits_of(int8, x).argmax(-1) == y).float().mean().item()
+    assert transfer["top1"].iloc[0] == pytest.approx(clean) and len(transfer) == 2
+    assert e360.device_of(nn.GELU()) == torch.device("cpu") and e360.device_of(vit) == torch.device("cpu")

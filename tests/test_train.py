@@ -107,3 +107,33 @@ def test_checkpoint_key_of_a_default_config_has_the_original_fields_only():
     pooled = profiles.PROFILES["cpu"].replace(baseline=profiles.PROFILES["cpu"].baseline.with_mixer("pool"))
     assert train._training_settings(pooled)["baseline"]["mixer"] == "pool"
     assert train.checkpoint_path(pooled) != train.checkpoint_path(profiles.PROFILES["cpu"])
+
+
+def test_prepare_wraps_model_optimizer_and_loader_and_takes_over_clipping(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
+    model = VisionTransformer(train.baseline_config(TINY))
+    tr, te = data.loaders(TINY)
+    first = next(iter(tr))
+    seen, clipped = [], []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.inner(x)
+
+    def prepare(m, opt, loader):
+        assert m is model and isinstance(opt, torch.optim.AdamW) and loader is tr
+        one_batch = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*first), batch_size=len(first[1]))
+        return Counting(m), opt, one_batch
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clipped.append(1))
+    p = TINY.replace(epochs=2)
+    result = train.fit(model, tr, te, p, log=None, prepare=prepare)
+    assert seen == [len(first[1])] * 2 and not clipped  # the wrapped loader and model ran; no batch clipping
+    assert result.train_img_per_s > 0 and len(result.history) == 2
+    train.fit(model, tr, te, p, log=None)
+    assert len(clipped) == 2 * len(tr)  # without prepare, every step clips

@@ -10,24 +10,32 @@ not be obtained, so what each dimension measures here is our reading, stated wit
   temperature scaling does to both;
 * fairness: accuracy per class (fairlearn's MetricFrame, the class as the group: our data have no
   demographic attribute), the worst class and the gap;
-* privacy: the AUC of a loss-threshold membership-inference attack (Yeom et al., 2018);
+* privacy: the AUC of a loss-threshold membership-inference attack (Yeom et al., 2018), and the accuracy
+  that differentially private training (opacus) costs at a few privacy budgets;
 * transparency: attention rollout maps (Abnar & Zuidema, 2020) and their faithfulness, by a deletion curve;
-* inclusiveness: what it takes to run the model on the smallest machine (one CPU thread, batch 1);
+* inclusiveness: what it takes to run the model on the smallest machine (one CPU thread, batch 1), and
+  accuracy on classes that were rare in the training data;
 * continual learning: class-incremental training over task splits, with average accuracy and forgetting, for
-  naive fine-tuning and a replay buffer.
+  naive fine-tuning and a replay buffer;
+* approximation: how closely a compressed model reproduces the model it was made from;
+* computational complexity: multiply-accumulates per image (derived in notebook 01, counted by
+  :func:`vitsurvey.measure.count_macs`);
+* spectral complexity: Bartlett et al.'s spectral capacity measure of the weight matrices.
 
-:func:`card` gathers the per-model ones for one model. Still to come: differentially private training and
-accuracy on under-represented classes after imbalanced training.
+:func:`card` gathers the per-model ones for one model and :func:`relative_to` sets several cards against a
+reference; the ones that train (privacy by DP, inclusiveness by imbalance, continual learning) are separate.
 
 Every function takes standardised images (as :func:`vitsurvey.data.load` returns them) and returns a tidy
 table or a number. Perturbations are applied in pixel space, [0, 1] per channel, and standardised again, so
-an epsilon or a noise level means the same thing on every data set. Nothing here trains: the models come
-from the notebooks' own routines.
+an epsilon or a noise level means the same thing on every data set. What trains goes through
+:func:`vitsurvey.train.fit`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,8 +43,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from .data import DatasetInfo, from_pixels, to_pixels
+from .profiles import Profile
 
 SEVERITIES = (1, 2, 3, 4, 5)
 """Corruption severities, as in ImageNet-C; severity 0 is the clean image."""
@@ -51,11 +61,20 @@ def _check_images(images: Tensor, labels: Tensor) -> None:
         raise ValueError("No images given: pass at least one image and its label.")
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any): inputs go there, results come back."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def logits_of(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """The model's logits for every image, in eval mode, in batches."""
+    """The model's logits for every image, in eval mode, in batches, on the model's device; returned on the CPU."""
     model.eval()
-    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    dev = device_of(model)
+    return torch.cat([model(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)])
 
 
 # --------------------------------------------------------------------------- robustness: corruptions
@@ -151,7 +170,7 @@ class _Standardised(nn.Module):
         self.model, self.info = model, info
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.model(from_pixels(pixels, self.info))
+        return self.model(from_pixels(pixels, self.info).to(device_of(self.model))).float().cpu()
 
 
 def perturb(
@@ -172,6 +191,9 @@ def perturb(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}.")
     _check_images(images, labels)
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} runs int8 kernels, which have no gradients to attack with; craft "
+                         "the perturbation on its float source instead (adversarial_accuracy(..., source=float_model)).")
     net = _Standardised(model, info).eval()
     clean = to_pixels(images, info).clamp(0, 1)
     if epsilon == 0:
@@ -194,16 +216,20 @@ def perturb(
 def adversarial_accuracy(
     model: nn.Module, images: Tensor, labels: Tensor, info: DatasetInfo, epsilons: Sequence[float],
     attacks: Sequence[str] = ("fgsm", "pgd"), steps: int = 10, batch_size: int = 256,
+    source: nn.Module | None = None,
 ) -> pd.DataFrame:
-    """Top-1 (%) under each attack at each epsilon (pixel units; 0: clean): one row per (attack, epsilon)."""
+    """Top-1 (%) under each attack at each epsilon (pixel units; 0: clean): one row per (attack, epsilon).
+    ``source`` crafts the perturbations (default: ``model`` itself, a white-box attack); a model without
+    gradients, such as torch.ao's int8 one, is attacked through its float source instead (a transfer attack)."""
     _check_images(images, labels)
+    source = source if source is not None else model
     rows = []
     for attack in attacks:
         for eps in epsilons:
             correct = 0
             for i in range(0, len(labels), batch_size):
                 x, y = images[i:i + batch_size], labels[i:i + batch_size]
-                adv = perturb(model, x, y, info, eps, attack, steps)
+                adv = perturb(source, x, y, info, eps, attack, steps)
                 correct += (logits_of(model, adv).argmax(-1) == y).sum().item()
             rows.append({"attack": attack, "epsilon": eps, "top1": 100.0 * correct / len(labels), "n": len(labels)})
     return pd.DataFrame(rows)
@@ -315,6 +341,101 @@ def membership_auc(
     return float(roc_auc_score(truth, scores))
 
 
+def _loader(images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None,
+                      drop_last=shuffle and len(labels) >= batch_size)
+
+
+_OPACUS_NOTICES = (
+    "Secure RNG turned off",  # a seeded generator is the point here: reruns must agree
+    "Optimal order is the largest alpha",  # at a large epsilon the bound is valid, only not the tightest
+    "Full backward hook is firing",  # the first layer's input needs no gradient; its weights get theirs
+    "There is a performance drop",  # torch.func looping where a kernel has no batching rule (small layers)
+)
+"""Warnings opacus gives on every private training here, each expected for the reason beside it."""
+
+
+def private_training(
+    build: Callable[[], nn.Module],
+    train_set: tuple[Tensor, Tensor],
+    test_set: tuple[Tensor, Tensor],
+    profile: Profile,
+    epsilons: Sequence[float],
+    delta: float | None = None,
+    max_grad_norm: float = 1.0,
+) -> pd.DataFrame:
+    """What differential privacy costs in accuracy: one model (from ``build``, seeded alike) trained with
+    :func:`vitsurvey.train.fit` and the profile's settings per privacy budget ``epsilon`` (``math.inf``: the
+    usual, non-private training, the control), on ``train_set``, tested on ``test_set``.
+
+    Private training is DP-SGD's recipe (Abadi et al., 2016) with AdamW as the optimiser: every image's
+    gradient clipped to ``max_grad_norm``, Gaussian noise added to their sum, batches drawn by Poisson
+    sampling; opacus does all three through fit's ``prepare`` hook and picks the noise for (epsilon, delta)
+    over the profile's epochs with its RDP accountant. ``delta`` defaults to a tenth of 1 / (training
+    images). One row per budget: top-1 (%), ``n``, the epsilon the accountant says was spent, the noise
+    multiplier, the membership-inference AUC (:func:`membership_auc`; as many training images as test
+    images) and the training seconds.
+    """
+    from opacus import PrivacyEngine
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from . import train
+
+    (xs, ys), (xt, yt) = train_set, test_set
+    _check_images(xs, ys)
+    _check_images(xt, yt)
+    if not epsilons:
+        raise ValueError("Give at least one privacy budget epsilon (math.inf for non-private training).")
+    for eps in epsilons:
+        if not eps > 0:  # also catches NaN
+            raise ValueError(f"A privacy budget epsilon is positive (math.inf: not private), not {eps}.")
+    delta = 0.1 / len(ys) if delta is None else delta
+    if not 0 < delta < 1:
+        raise ValueError(f"delta is a probability in (0, 1), typically below 1 / (training images); got {delta}.")
+    if not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be positive, not {max_grad_norm}.")
+    test_loader = _loader(xt, yt, 256, False, 0)
+    rows = []
+    for eps in epsilons:
+        train.seed_everything(profile.seed)
+        model = build()
+        wrapped: list[nn.Module] = []
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+            for said in _OPACUS_NOTICES:
+                warnings.filterwarnings("ignore", message=said)
+            engine = PrivacyEngine(accountant="rdp")
+
+            def prepare(m: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
+                        eps: float = eps) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+                m.train()  # opacus checks the mode it will train in
+                out = engine.make_private_with_epsilon(
+                    module=m, optimizer=opt, data_loader=loader, target_epsilon=eps, target_delta=delta,
+                    epochs=profile.epochs, max_grad_norm=max_grad_norm,
+                    noise_generator=torch.Generator().manual_seed(profile.seed))
+                wrapped.append(out[0])
+                return out
+
+            if math.isfinite(eps):
+                # per-image gradients vectorise (torch.func) through the composite attention, not the fused kernel
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            # one loader for every budget and the control; a private run samples its batches from it by
+            # Poisson sampling, which has no drop_last
+            loader = DataLoader(TensorDataset(xs, ys), batch_size=profile.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(profile.seed))
+            result = train.fit(model, loader, test_loader, profile, log=None,
+                               prepare=prepare if math.isfinite(eps) else None)
+        spent, sigma = math.inf, 0.0
+        if wrapped:
+            spent, sigma = engine.accountant.get_epsilon(delta), float(engine.accountant.history[-1][0])
+            wrapped[0].remove_hooks()  # leave ``model`` as it was built, without opacus's per-image hooks
+        m = min(len(ys), len(yt))
+        auc = membership_auc(model, (xs[:m], ys[:m]), (xt[:m], yt[:m]))
+        rows.append({"epsilon": eps, "top1": result.top1, "n": len(yt), "epsilon spent": spent, "delta": delta,
+                     "noise multiplier": sigma, "membership AUC": auc, "train_seconds": result.train_seconds})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- transparency
 
 
@@ -328,7 +449,7 @@ def attention_rollout(model: nn.Module, images: Tensor) -> Tensor:
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"attention_rollout reads vitsurvey's VisionTransformer, not {type(model).__name__}.")
     require_plain(model, "attention rollout")
-    maps = model.eval().attention_maps(images)
+    maps = [m.float().cpu() for m in model.eval().attention_maps(images.to(device_of(model)))]
     eye = torch.eye(maps[0].shape[-1])
     rollout = eye.expand(images.shape[0], -1, -1)
     for attn in maps:
@@ -375,6 +496,20 @@ def curve_area(curve: pd.DataFrame) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
+def rollout_agreement(model: nn.Module, reference: nn.Module, images: Tensor) -> dict[str, float]:
+    """Do two ViTs look at the same places? The Pearson correlation of their attention rollouts
+    (:func:`attention_rollout`) over the patches of each image: the mean over the images and its standard
+    error. Both models must cut the images into the same patches."""
+    ours, theirs = attention_rollout(model, images), attention_rollout(reference, images)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"The two models' rollouts cover different patches ({ours.shape[1]} and {theirs.shape[1]});"
+                         " compare models with the same patch grid.")
+    a, b = ours - ours.mean(1, keepdim=True), theirs - theirs.mean(1, keepdim=True)
+    r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    se = float(r.std(unbiased=True) / math.sqrt(len(r))) if len(r) > 1 else math.nan
+    return {"correlation": float(r.mean()), "se": se}
+
+
 # --------------------------------------------------------------------------- inclusiveness
 
 
@@ -393,6 +528,104 @@ def who_can_run(model: nn.Module, input_shape: tuple[int, int, int], iters: int 
     return {"latency_1_thread_ms": latency,
             "memory_bytes": float(measure.inference_memory(model, input_shape, 1, "cpu").peak_bytes or 0),
             "size_bytes": float(measure.serialized_bytes(model))}
+
+
+def imbalanced_indices(labels: Tensor, rare: Sequence[int], keep: float, seed: int = 0) -> Tensor:
+    """Indices of a training subset in which each class in ``rare`` keeps only a seeded fraction ``keep`` of
+    its images and every other class keeps all of its own."""
+    present = set(int(c) for c in labels.unique())
+    missing = [c for c in rare if int(c) not in present]
+    if missing or not rare:
+        raise ValueError(f"rare must name classes present in the labels ({sorted(present)}); got {list(rare)}.")
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is the fraction of a rare class's images kept, in (0, 1], not {keep}.")
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for c in sorted(present):
+        idx = torch.nonzero(labels == c).flatten()
+        if c in set(int(r) for r in rare):
+            idx = idx[torch.randperm(len(idx), generator=g)[: max(1, round(keep * len(idx)))]]
+        parts.append(idx)
+    return torch.cat(parts).sort().values
+
+
+def imbalanced_training(
+    build: Callable[[], nn.Module],
+    train_set: tuple[Tensor, Tensor],
+    test_set: tuple[Tensor, Tensor],
+    profile: Profile,
+    rare: Sequence[int],
+    keep: float,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Our reading of inclusiveness as accuracy: how well a model serves classes that are under-represented
+    in its training data. One model trained (:func:`vitsurvey.train.fit`, the profile's settings) on an
+    imbalanced subset (:func:`imbalanced_indices`) and one, the control, on a class-balanced random subset
+    of the same size; one row per (training set, class) with top-1 (%), ``n`` and whether the class was rare."""
+    from . import train
+
+    (xs, ys), (xt, yt) = train_set, test_set
+    _check_images(xs, ys)
+    _check_images(xt, yt)
+    skewed = imbalanced_indices(ys, rare, keep, seed)
+    g = torch.Generator().manual_seed(seed)
+    balanced = torch.randperm(len(ys), generator=g)[: len(skewed)].sort().values
+    test_loader = _loader(xt, yt, 256, False, 0)
+    frames = []
+    for name, idx in (("imbalanced", skewed), ("balanced (control)", balanced)):
+        train.seed_everything(profile.seed)
+        model = build()
+        train.fit(model, _loader(xs[idx], ys[idx], profile.batch_size, True, seed), test_loader, profile, log=None)
+        table = per_class_accuracy(yt, logits_of(model, xt).argmax(-1))
+        table.insert(0, "trained on", name)
+        table["rare"] = table["class"].astype(int).isin([int(r) for r in rare])
+        table["train images"] = [int((ys[idx] == int(c)).sum()) for c in table["class"]]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- approximation, spectral complexity
+
+
+def agreement(model: nn.Module, reference: nn.Module, images: Tensor) -> dict[str, float]:
+    """Our reading of approximation: how closely a compressed model reproduces the function of the model it
+    was made from, on ``images``: the share of images on which their top-1 classes agree (%), and the mean
+    KL divergence of its predicted distribution from the reference's (nats; 0 for the same function)."""
+    if images.ndim != 4 or not len(images):
+        raise ValueError(f"Expected a non-empty batch of images (N, C, H, W), got {tuple(images.shape)}.")
+    ours, theirs = logits_of(model, images).float(), logits_of(reference, images).float()
+    kl = F.kl_div(ours.log_softmax(-1), theirs.log_softmax(-1), log_target=True, reduction="batchmean")
+    return {"agreement": 100.0 * (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item(), "kl": float(kl)}
+
+
+def _weight_matrices(model: nn.Module) -> list[Tensor]:
+    mats = []
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if callable(w):  # torch.ao's quantized layers keep packed weights behind a method
+            w = w()
+        if isinstance(w, Tensor) and w.ndim >= 2:
+            w = w.dequantize() if w.is_quantized else w
+            mats.append(w.detach().float().flatten(1))
+    return mats
+
+
+def spectral_complexity(model: nn.Module) -> dict[str, float]:
+    """Our reading of spectral complexity: Bartlett, Foster & Telgarsky's (2017) capacity measure of a network,
+    ``(prod_i ||W_i||_2) * (sum_i (||W_i^T||_{2,1} / ||W_i||_2)^(2/3))^(3/2)``, over every weight matrix (a
+    convolution's as out-channels x the rest; reference matrices 0, Lipschitz constants of the activations 1).
+    The bound it comes from covers feed-forward networks; attention's products of activations are outside it,
+    so for a ViT this is a size of its linear maps, not a bound. Returned as log10 values (they overflow
+    otherwise): of the whole measure, of the product of spectral norms, and the number of matrices."""
+    mats = _weight_matrices(model)
+    if not mats:
+        raise ValueError(f"{type(model).__name__} has no weight matrices to measure.")
+    spectral = torch.stack([torch.linalg.matrix_norm(w, ord=2) for w in mats])
+    rows_l2 = torch.stack([w.norm(dim=1).sum() for w in mats])
+    log_product = float(spectral.log10().sum())
+    ratio_sum = float(((rows_l2 / spectral) ** (2 / 3)).sum())
+    return {"log10 spectral complexity": log_product + 1.5 * math.log10(ratio_sum),
+            "log10 product of spectral norms": log_product, "matrices": float(len(mats))}
 
 
 # --------------------------------------------------------------------------- the card
@@ -425,6 +658,10 @@ def card(
     bins: int = 15,
     resamples: int = 100,
     seed: int = 0,
+    reference: nn.Module | None = None,
+    macs: float | None = None,
+    source: nn.Module | None = None,
+    explain: int = 256,
 ) -> pd.DataFrame:
     """The 360 card of one model: one row per measured quantity, with its dimension, value, standard error
     (where one is defined) and what a better value is (``higher``/``lower``).
@@ -433,7 +670,12 @@ def card(
     of the model, against which ``test`` serves as the non-members of the membership attack (use as many of
     each). ``held_out``: images to fit the temperature on (default: the first half of ``test``, then every
     calibration number is taken on the second half). Corruptions are averaged at ``severity``; FGSM uses
-    ``epsilon`` in pixel units.
+    ``epsilon`` in pixel units, crafted on ``source`` (default: the model; see :func:`adversarial_accuracy`).
+    ``reference``: the model this one was compressed from (adds the approximation rows, :func:`agreement`);
+    ``macs``: its multiply-accumulates per image, counted by the caller (adds computational complexity).
+    Transparency rows (for vitsurvey's ViT with a class token: the deletion-curve area of its attention
+    rollout, and against a ``reference`` ViT with the same patches, how well their rollouts correlate) use
+    the first ``explain`` test images.
     """
     from .metrics import top1_se
 
@@ -458,7 +700,7 @@ def card(
     mean_c = float(corrupted["top1"].mean())
     add("robustness", f"top-1 under corruption, severity {severity} (%)", mean_c, top1_se(mean_c, len(y)) / math.sqrt(
         len(corrupted)), "higher", len(y))
-    adv = adversarial_accuracy(model, x, y, info, (epsilon,), attacks=("fgsm",))
+    adv = adversarial_accuracy(model, x, y, info, (epsilon,), attacks=("fgsm",), source=source)
     adv_top1 = float(adv["top1"].iloc[0])
     add("robustness", f"top-1 under FGSM, epsilon {epsilon:.4f} (%)", adv_top1, top1_se(adv_top1, len(y)), "higher", len(y))
     c_logits = logits_of(model, cx)
@@ -482,7 +724,55 @@ def card(
     add("inclusiveness", "batch-1 latency on one CPU thread (ms)", cost["latency_1_thread_ms"], None, "lower", 1)
     add("inclusiveness", "inference memory at batch 1 (bytes)", cost["memory_bytes"], None, "lower", 1)
     add("inclusiveness", "saved model size (bytes)", cost["size_bytes"], None, "lower", 1)
+    if reference is not None:
+        close = agreement(model, reference, x)
+        add("approximation", "top-1 agreement with the reference (%)", close["agreement"],
+            top1_se(close["agreement"], len(y)), "higher", len(y))
+        add("approximation", "KL divergence from the reference (nats)", close["kl"], None, "lower", len(y))
+    if explainable(model):
+        ex = x[:explain]
+        area = curve_area(deletion_curve(model, ex, attention_rollout(model, ex), model.cfg.patch_size))
+        add("transparency", "deletion area of attention rollout", area, None, "lower", len(ex))
+        if reference is not None and explainable(reference) and reference.cfg.grid == model.cfg.grid:
+            agree = rollout_agreement(model, reference, ex)
+            add("transparency", "rollout correlation with the reference", agree["correlation"], agree["se"], "higher",
+                len(ex))
+    if macs is not None:
+        add("computational complexity", "MACs per image", float(macs), None, "lower", 1)
+    add("spectral complexity", "log10 spectral complexity", spectral_complexity(model)["log10 spectral complexity"],
+        None, "lower", 1)
     return pd.DataFrame(rows)
+
+
+def explainable(model: nn.Module) -> bool:
+    """Whether attention rollout applies: vitsurvey's ViT with softmax attention and a class token."""
+    from .models import VisionTransformer
+
+    return isinstance(model, VisionTransformer) and model.cfg.class_token and model.cfg.mixer == "attention"
+
+
+def relative_to(cards: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Cards of several models (:func:`card` rows with a ``model`` column) against the ``reference`` model's:
+    ``relative`` is the value over the reference's where higher is better and the reference's over the value
+    where lower is better, so above 1 is better than the reference on every row (for a ``log10`` quantity, the
+    ratio of the quantities themselves); ``relative se`` propagates both standard errors (first order), where
+    both are known. Rows with a value or reference value of 0 are dropped."""
+    if "model" not in cards.columns or reference not in set(cards["model"]):
+        raise ValueError(f"No card of {reference!r} among the models: {sorted(set(cards.get('model', [])))}.")
+    ref = cards[cards["model"] == reference].set_index("quantity")
+    out = cards[cards["quantity"].isin(ref.index)].copy()
+    r_value, r_se = out["quantity"].map(ref["value"]).astype(float), out["quantity"].map(ref["se"]).astype(float)
+    value, se = out["value"].astype(float), out["se"].astype(float)
+    keep = (r_value != 0) & (value != 0)
+    higher = out["better"] == "higher"
+    logs = out["quantity"].str.startswith("log10 ")  # a ratio of what the logarithm measures, not of logarithms
+    keep = keep | logs
+    sign = np.where(higher, 1.0, -1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["relative"] = np.where(logs, 10.0 ** (sign * (value - r_value)),
+                                   np.where(higher, value / r_value, r_value / value))
+        out["relative se"] = np.abs(out["relative"]) * np.sqrt((se / value) ** 2 + (r_se / r_value) ** 2)
+    return out[keep].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- continual learning
@@ -492,7 +782,7 @@ def class_incremental(
     build: Callable[[], nn.Module],
     train_set: tuple[Tensor, Tensor],
     test_set: tuple[Tensor, Tensor],
-    profile: object,
+    profile: Profile,
     tasks: int = 5,
     replay_per_class: int = 0,
     seed: int = 0,
@@ -503,8 +793,6 @@ def class_incremental(
     images of every class already seen and mixes them into each later task (a replay buffer); 0 is naive
     fine-tuning. One row per (after task, task seen so far): top-1 (%) on that task's test images over all
     classes, and ``n``."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     from . import train
 
     (xs, ys), (xt, yt) = train_set, test_set
@@ -523,12 +811,9 @@ def class_incremental(
         if not len(idx):
             raise ValueError(f"No training images of classes {group}.")
         mixed = torch.cat([idx, buffer])
-        loader = DataLoader(TensorDataset(xs[mixed], ys[mixed]), batch_size=profile.batch_size,  # type: ignore[attr-defined]
-                            shuffle=True, generator=torch.Generator().manual_seed(seed + t),
-                            drop_last=len(mixed) >= profile.batch_size)  # type: ignore[attr-defined]
         test_idx = torch.nonzero(torch.isin(yt, torch.tensor(group))).flatten()
-        current = DataLoader(TensorDataset(xt[test_idx], yt[test_idx]), batch_size=256)
-        train.fit(model, loader, current, profile, log=None)  # type: ignore[arg-type]
+        train.fit(model, _loader(xs[mixed], ys[mixed], profile.batch_size, True, seed + t),
+                  _loader(xt[test_idx], yt[test_idx], 256, False, 0), profile, log=None)
         for s, seen in enumerate(groups[: t + 1]):
             sel = torch.isin(yt, torch.tensor(seen))
             pred = logits_of(model, xt[sel]).argmax(-1)

@@ -124,6 +124,14 @@ class Profile:
     multiplex_epochs: int = 3
     multiplex_k: int = 4
     """Abstract tokens per image in ConcatPlexer: the square of a divisor of the baseline's patch grid."""
+    # Efficiency 360 (notebook 10)
+    e360_samples: int | None = 4_000
+    """Test images each 360 card is measured on (a seeded subset; None: the whole test split)."""
+    e360_train_samples: int | None = 10_000
+    """Training images of the models that notebook 10 trains itself (private, imbalanced, class-incremental)."""
+    e360_epochs: int = 3
+    dp_epsilons: tuple[float, ...] = (1.0, 8.0)
+    """Privacy budgets of the differentially private trainings (delta: a tenth of 1 / training images)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -155,6 +163,11 @@ class Profile:
         """This profile trained on ``multiplex_samples`` images for ``multiplex_epochs``: the equal budget of the
         plain ViT and every multiplexer in notebook 09."""
         return self.replace(train_samples=self.multiplex_samples, epochs=self.multiplex_epochs)
+
+    def for_360(self) -> Profile:
+        """This profile trained on ``e360_train_samples`` images for ``e360_epochs``: the budget of every model
+        notebook 10 trains itself (each against a control trained alike)."""
+        return self.replace(train_samples=self.e360_train_samples, epochs=self.e360_epochs)
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
@@ -215,6 +228,9 @@ PROFILES: dict[str, Profile] = {
         multiplex_samples=256,
         multiplex_epochs=1,
         multiplex_k=1,  # the smoke baseline's 7 x 7 grid: k is 1 or 49
+        e360_samples=64,
+        e360_train_samples=256,
+        e360_epochs=1,
     ),
     "cpu": Profile(
         name="cpu",
@@ -276,6 +292,10 @@ PROFILES: dict[str, Profile] = {
         multiplex_samples=None,
         multiplex_epochs=10,
         multiplex_k=49,  # 14 x 14 patches, 2 x 2 of them per abstract token
+        e360_samples=None,
+        e360_train_samples=None,
+        e360_epochs=10,
+        dp_epsilons=(1.0, 3.0, 8.0),
         protocol_models=_PROTOCOL_MODELS,
     ),
 }

@@ -3,7 +3,8 @@
 AdamW with linear warm-up and cosine decay, label smoothing, light augmentation (random shifts and
 horizontal flips, done on whole batches), bf16 autocast on CUDA, seeded. The ``loss`` hook replaces
 the objective (knowledge distillation wraps :func:`label_loss` in it), so variants reuse the loop
-instead of copying it.
+instead of copying it. The ``prepare`` hook wraps model, optimiser and data loader before the first step
+(differentially private training hands them to opacus there), so private training is this loop too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ Outputs = Tensor | tuple[Tensor, ...]
 model returns two)."""
 Loss = Callable[[nn.Module, Tensor, Tensor, Outputs], Tensor]
 """``loss(model, images, labels, outputs) -> scalar``: the training objective :func:`fit` minimises."""
+Prepare = Callable[[nn.Module, torch.optim.Optimizer, DataLoader],
+                   tuple[nn.Module, torch.optim.Optimizer, DataLoader]]
+"""``prepare(model, optimizer, loader) -> (model, optimizer, loader)``: wraps the three before training."""
 
 LABEL_SMOOTHING = 0.1
 
@@ -105,11 +109,14 @@ def fit(
     device: str | torch.device | None = None,
     loss: Loss | None = None,
     log: Callable[[str], None] | None = print,
+    prepare: Prepare | None = None,
 ) -> TrainResult:
     """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch.
 
     ``loss`` is the objective (default :func:`label_loss`); it sees the images after augmentation, so a
-    teacher that it calls sees what the student sees."""
+    teacher that it calls sees what the student sees. ``prepare`` wraps model, AdamW optimiser and training
+    loader before the first step; with it, gradient clipping is left to the wrapped optimiser (a private one
+    clips every image's gradient, which the usual clipping of the batch's gradient would distort)."""
     objective = loss or label_loss
     device = torch.device(device or profile.device)
     seed_everything(profile.seed)
@@ -120,6 +127,9 @@ def fit(
         [{"params": decay, "weight_decay": profile.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=profile.lr,
     )
+    net: nn.Module = model
+    if prepare is not None:
+        net, opt, train_loader = prepare(model, opt, train_loader)
     steps = profile.epochs * len(train_loader)
     if steps == 0:
         raise ValueError("The training set is smaller than one batch; use a larger subset or batch.")
@@ -136,27 +146,29 @@ def fit(
     history: list[dict[str, float]] = []
     seen, start = 0, time.perf_counter()
     for epoch in range(profile.epochs):
-        model.train()
-        running = 0.0
+        net.train()
+        running, images = 0.0, 0
         for x, y in train_loader:
+            if not len(y):  # a private loader samples every image independently: a batch can be empty
+                continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if profile.augment:
                 x = augment(x, generator=gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                value = objective(model, x, y, model(x))
+                value = objective(model, x, y, net(x))
             opt.zero_grad(set_to_none=True)
             value.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if prepare is None:
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             running += value.item() * y.numel()
-            seen += y.numel()
-        elapsed = time.perf_counter() - start
+            images += y.numel()
+        seen += images
         top1 = evaluate(model, test_loader, device)
-        n_train = len(train_loader) * (train_loader.batch_size or 1)
-        history.append({"epoch": epoch + 1, "loss": running / n_train, "test_top1": top1})
+        history.append({"epoch": epoch + 1, "loss": running / max(images, 1), "test_top1": top1})
         if log is not None:
-            log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / n_train:.3f}, test top-1 {top1:.2f}%")
+            log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / max(images, 1):.3f}, test top-1 {top1:.2f}%")
     elapsed = time.perf_counter() - start
     return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / elapsed, history)
 
