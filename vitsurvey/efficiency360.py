@@ -539,11 +539,12 @@ def imbalanced_indices(labels: Tensor, rare: Sequence[int], keep: float, seed: i
         raise ValueError(f"rare must name classes present in the labels ({sorted(present)}); got {list(rare)}.")
     if not 0 < keep <= 1:
         raise ValueError(f"keep is the fraction of a rare class's images kept, in (0, 1], not {keep}.")
+    scarce = {int(r) for r in rare}
     g = torch.Generator().manual_seed(seed)
     parts = []
     for c in sorted(present):
         idx = torch.nonzero(labels == c).flatten()
-        if c in set(int(r) for r in rare):
+        if c in scarce:
             idx = idx[torch.randperm(len(idx), generator=g)[: max(1, round(keep * len(idx)))]]
         parts.append(idx)
     return torch.cat(parts).sort().values
