@@ -119,6 +119,23 @@ def test_inference_and_training_memory():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_int8_model_counts_its_packed_weights():
+    """torch.ao keeps int8 Linear weights packed outside parameters(): they must still be counted."""
+    from vitsurvey.strategies import quant
+
+    model = models.VisionTransformer(ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                                               embed_dim=32, depth=2, num_heads=2)).eval()
+    int8 = quant.dynamic_int8(model)
+    linear = sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    packed = measure.packed_weights(int8)
+    assert sum(t.numel() for t in packed) == linear
+    assert measure.count_params(int8) == measure.count_params(model)
+    f32 = measure.inference_memory(model, (1, 28, 28)).weights_bytes
+    q8 = measure.inference_memory(int8, (1, 28, 28)).weights_bytes
+    int8_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    assert q8 == f32 - 3 * int8_weights  # each quantized weight: 1 byte instead of 4; biases stay float
+
+
 def test_inference_memory_grows_with_batch():
     model = models.create("vit_tiny_patch16_224", img_size=64, num_classes=10)
     small = measure.inference_memory(model, (3, 64, 64), batch_size=1).peak_bytes
@@ -409,3 +426,19 @@ def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
         measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=1)
     with pytest.raises(ValueError, match="pause_s cannot be negative"):
         measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=-1)
+
+
+def test_count_macs_of_an_int8_model_counts_its_float_twin():
+    from vitsurvey.strategies import quant
+
+    model = models.VisionTransformer(ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                                               embed_dim=32, depth=2, num_heads=2)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    int8 = quant.dynamic_int8(model)
+    assert measure.count_macs(int8, x[:1]).total == measure.count_macs(model, x[:1]).total
+    twin = measure.float_twin(int8)
+    assert not measure.packed_weights(twin)
+    packed = measure.packed_weights(int8)[0]  # the first packed weight: the first block's qkv
+    assert torch.equal(twin.blocks[0].attn.qkv.weight, packed.dequantize())
+    # int8 also rounds its activations on the fly, so outputs agree only to that rounding
+    assert torch.allclose(twin(x), int8(x), atol=0.02)

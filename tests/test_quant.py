@@ -223,3 +223,15 @@ def test_torchao_int8_is_close(tiny):
     with torch.no_grad():
         ref, out = model(images), int8(images)
     assert float((out - ref).norm() / ref.norm()) < 0.1
+
+
+def test_stored_bytes_count_quantized_weights_at_their_bit_width(tiny):
+    vit = tiny[0]
+    linears = [m for blk in vit.blocks for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)]
+    n_weights = sum(m.weight.numel() for m in linears)
+    n_rows = sum(m.weight.shape[0] for m in linears)
+    n_all = sum(p.numel() for p in vit.parameters())
+    at = {b: quant.QuantViT(vit, quant.QuantConfig(b, 8)).stored_bytes() for b in (4, 8)}
+    assert at[8] == n_weights + 4 * n_rows + 4 * (n_all - n_weights)
+    assert at[8] - at[4] == n_weights // 2
+    assert at[4] < at[8] < 4 * n_all

@@ -19,6 +19,7 @@ Traps this module closes (see notebook 02 for each one shown on real numbers):
 
 from __future__ import annotations
 
+import copy
 import contextlib
 import ctypes
 import datetime
@@ -44,8 +45,23 @@ from .models import ViTConfig
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of parameters; S3 counts trainable ones, which is the default."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Number of parameters; S3 counts trainable ones, which is the default. The weights that torch.ao's
+    quantized layers hold packed count too (:func:`packed_weights`): an int8 model has the parameters of
+    its float source, only stored in fewer bits."""
+    plain = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return plain + sum(t.numel() for t in packed_weights(model))
+
+
+def packed_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weight and bias tensors that torch.ao's quantized layers (int8 ``Linear``, ``Conv``) keep packed
+    outside ``parameters()`` and ``buffers()``; without them an int8 model's parameter count and memory
+    would miss every quantized layer. A layer that delegates to a packed child is read once, at the child."""
+
+    def packs(m: nn.Module) -> bool:
+        return callable(getattr(m, "_weight_bias", None)) and type(m).__module__.startswith("torch.ao")
+
+    return [t for m in model.modules() if packs(m) and not any(packs(c) for c in m.children())
+            for t in m._weight_bias() if t is not None]
 
 
 def model_size_bytes(model: nn.Module, bits: int = 32) -> int:
@@ -132,6 +148,8 @@ def count_macs(
     (notebook 02 shows the trap); every other caller keeps the default.
     """
     args = inputs if isinstance(inputs, tuple) else (inputs,)
+    if packed_weights(model):  # fvcore cannot trace int8 kernels; they run the multiply-adds of their float twin
+        model = float_twin(model)
     was_training = model.training
     model.eval()
     try:
@@ -785,8 +803,31 @@ def _memory_method(device: torch.device) -> str:
     return "cuda allocator" if device.type == "cuda" else "cpu tensor tracking"
 
 
+def float_twin(model: nn.Module) -> nn.Module:
+    """A copy of a torch.ao dynamically quantized model with every int8 ``Linear`` replaced by a float one
+    holding its dequantized weights: the same layers and multiply-adds, in a form fvcore can trace."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, DynamicLinear):
+            weight, bias = module._weight_bias()
+            linear = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight.dequantize())
+                if bias is not None:
+                    linear.bias.copy_(bias)
+            parent, _, child = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, child, linear)
+    if packed_weights(twin):
+        kinds = sorted({type(m).__name__ for m in twin.modules() if callable(getattr(m, "_weight_bias", None))})
+        raise ValueError(f"Only torch.ao's dynamic int8 Linear layers can be read back as float; this model also "
+                         f"has {kinds}: count the float model it was made from.")
+    return twin
+
+
 def _weights(model: nn.Module) -> list[torch.Tensor]:
-    return [*model.parameters(), *model.buffers()]
+    return [*model.parameters(), *model.buffers(), *packed_weights(model)]
 
 
 def inference_memory(

@@ -354,6 +354,16 @@ class QuantViT(torch.nn.Module):
         self.quantizers = q
         return self
 
+    def stored_bytes(self) -> int:
+        """Bytes the model would take with its quantized weights stored at ``w_bits`` (packed, plus one float
+        scale per output channel) and every other parameter at 32 bits. Simulation keeps float weights in
+        memory, so this is the size a deployment of these numbers would have, not what the module holds."""
+        quantized = {id(w): w for blk in self.vit.blocks
+                     for w in (blk.attn.qkv.weight, blk.attn.proj.weight, blk.mlp.fc1.weight, blk.mlp.fc2.weight)}
+        low = sum(math.ceil(w.numel() * self.config.w_bits / 8) + 4 * w.shape[0] for w in quantized.values())
+        rest = sum(p.numel() for p in self.vit.parameters() if id(p) not in quantized)
+        return low + 4 * rest
+
     def forward(self, x: Tensor) -> Tensor:
         if self.quantizers is None:
             raise RuntimeError("QuantViT is not calibrated: call .calibrate(images) with a few images first.")
