@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...]``."""
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | leaderboard``."""
 
 from __future__ import annotations
 
@@ -203,6 +203,20 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def leaderboard(args: argparse.Namespace) -> int:
+    """Print the newest leaderboard from the results file; nothing is rerun."""
+    from . import leaderboard as board_
+
+    try:
+        board = board_.read(args.profile)
+    except board_.NoResults as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(board_.describe_run(board))
+    print(board_.format_board(board, args.sort))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitsurvey", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto; default: the notebooks' own choice")
     r.add_argument("--out", default=None, help="directory for executed notebooks (default: in place)")
     r.set_defaults(func=run)
+    b = sub.add_parser("leaderboard", help="print the newest leaderboard (notebook 12's results) without rerunning")
+    b.add_argument("--sort", default=None, help="the column to order by (default: top1); costs ascending")
+    b.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: the profile measured last)")
+    b.set_defaults(func=leaderboard)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,0 +1,191 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from vitsurvey import leaderboard as lb
+from vitsurvey import measure, results
+from vitsurvey.__main__ import main
+from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.profiles import PROFILES
+from vitsurvey.strategies import pruning, quant, tokens
+
+CFG = ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+FAST = PROFILES["smoke"].replace(timing_rounds=2, timing_max_rounds=2, bench_warmup=0, bench_iters=1,
+                                 bench_min_seconds=0.0, timing_batch=1)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return VisionTransformer(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(40, 1, 28, 28, generator=g), torch.arange(40) % 10
+
+
+PRUNE = lb.Step("prune 50%", lambda m: pruning.prune_structured(m, 0.5))
+INT8 = lb.Step("int8", quant.dynamic_int8)
+TOME = lb.Step("ToMe", lambda m: tokens.ToMe(m, tokens.tome_schedule(4, m.cfg.depth)))
+
+
+def test_compose_applies_steps_in_order_on_a_copy(vit):
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    seen = []
+    steps = [lb.Step(n, lambda m, n=n: seen.append(n) or m) for n in ("a", "b", "c")]
+    out = lb.compose(vit, steps)
+    assert seen == ["a", "b", "c"]
+    assert out is not vit
+    assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
+    stacked = lb.compose(vit, [PRUNE, INT8])
+    assert measure.count_params(stacked) == measure.count_params(pruning.prune_structured(vit, 0.5))
+    assert measure.packed_weights(stacked)
+
+
+def test_a_step_that_cannot_follow_names_itself_and_what_came_before(vit):
+    with pytest.raises(lb.CompositionError, match=r"prune 50% cannot follow ToMe"):
+        lb.compose(vit, [TOME, PRUNE])
+
+
+def test_orders_say_which_work(vit):
+    table, made = lb.orders(vit, [PRUNE, TOME])
+    works = dict(zip(table["order"], table["works"]))
+    assert works == {"prune 50% -> ToMe": True, "ToMe -> prune 50%": False}
+    assert list(made) == ["prune 50% -> ToMe"]
+    assert "cannot follow" in table.loc[~table["works"], "reason"].iloc[0]
+    with pytest.raises(ValueError, match="must differ"):
+        lb.orders(vit, [PRUNE, PRUNE])
+
+
+def test_measure_models_one_protocol(vit, test_set, tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))  # no calibration file: one run's ranges
+    calib = test_set[0][:16]
+    models = {"baseline": vit, "int8": quant.dynamic_int8(vit),
+              "W4A4": quant.QuantViT(vit, quant.QuantConfig(4, 4)).calibrate(calib),
+              "pruned": pruning.prune_structured(vit, 0.5)}
+    board, timings = lb.measure_models(models, test_set, FAST, families={"int8": "quantization"})
+    assert list(board.index) == list(models)
+    assert board.loc["baseline", "speedup"] == 1.0 and board.loc["baseline", "verdict"] == "reference"
+    assert board.loc["int8", "macs"] == board.loc["baseline", "macs"]  # int8 counted on its float twin
+    assert board.loc["int8", "params"] == board.loc["baseline", "params"]
+    assert board.loc["int8", "bytes"] < board.loc["baseline", "bytes"] / 2
+    assert board.loc["W4A4", "bytes"] == models["W4A4"].stored_bytes()
+    assert math.isnan(board.loc["W4A4", "speedup"])  # simulated: not timed
+    assert board.loc["pruned", "macs"] < board.loc["baseline", "macs"]
+    assert board.loc["int8", "family"] == "quantization"
+    assert board["top1_se"].notna().all() and (board["n_test"] == 40).all()
+    assert set(timings.rates) == {"baseline", "int8", "pruned"}
+    with pytest.raises(KeyError, match="reference"):
+        lb.measure_models(models, test_set, FAST, reference="nope")
+    with pytest.raises(ValueError, match="as many labels"):
+        lb.measure_models(models, (test_set[0], test_set[1][:3]), FAST)
+
+
+def test_nonzero_params_sees_magnitude_pruning(vit):
+    sparse = pruning.make_permanent(pruning.magnitude_prune(VisionTransformer(CFG), 0.5))
+    linear = sum(m.weight.numel() for m in pruning._block_linears(sparse))
+    assert lb.nonzero_params(sparse) <= measure.count_params(sparse) - linear // 2 + 1
+    # rounding to int8 keeps every zero and may add a few (weights under half a step)
+    assert 0.95 * lb.nonzero_params(sparse) <= lb.nonzero_params(quant.dynamic_int8(sparse)) <= lb.nonzero_params(sparse)
+
+
+def _board():
+    return pd.DataFrame({
+        "top1": [90.0, 89.0, 85.0, 80.0], "params": [100, 50, 60, 10], "macs": [100, 40, 50, 5],
+        "bytes": [400, 200, 240, 40], "speedup": [1.0, 2.0, None, 3.0],
+    }, index=pd.Index(["baseline", "small", "dominated", "tiny"], name="model"))
+
+
+def test_pareto_fronts():
+    fronts = lb.pareto_fronts(_board())
+    assert fronts["front: MACs"].to_dict() == {"baseline": True, "small": True, "dominated": False, "tiny": True}
+    assert not fronts.loc["dominated", "front: throughput"]  # not timed: on no throughput front
+
+
+def test_eer_sensitivity():
+    board = _board()
+    draws = lb.eer_sensitivity(board, draws=200, seed=0)
+    assert len(draws) == 200 and draws["tau"].between(-1, 1).all()
+    assert {"w params", "w macs", "w bytes", "w error"} <= set(draws.columns)
+    # a model best on every feature tops every ranking, whatever the weights
+    best = board.assign(top1=[90, 89, 85, 99.0], params=[100, 50, 60, 1], macs=[100, 40, 50, 1],
+                        bytes=[400, 200, 240, 1])
+    assert (lb.eer_sensitivity(best, draws=50)["top"] == "tiny").all()
+    # features that all order the models alike give one ranking under any weights and reference: tau 1
+    chain = pd.DataFrame({"top1": [95.0, 90, 85], "params": [1, 2, 3], "macs": [10, 20, 30], "bytes": [4, 8, 12]},
+                         index=["a", "b", "c"])
+    agree = lb.eer_sensitivity(chain, reference="a", draws=100)
+    assert (agree["tau"] == 1).all() and (agree["top"] == "a").all()
+    # conflicting features: some weighting reorders the models
+    assert (draws["tau"] < 1).any()
+    ranks = lb.eer_ranking(board, {"params": 1, "macs": 1, "bytes": 1, "error": 1}, "baseline")
+    assert sorted(ranks) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="draws"):
+        lb.eer_sensitivity(board, draws=0)
+    with pytest.raises(KeyError, match="reference"):
+        lb.eer_sensitivity(board, reference="nope")
+    with pytest.raises(ValueError, match="at least two rows"):
+        lb.eer_sensitivity(board.iloc[:1])
+
+
+def _saved(tmp_path, monkeypatch, profile="smoke"):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    board = _board().assign(family=["", "pruning", "pruning", "distillation"], steps="", top1_se=0.5, n_test=100)
+    return lb.save(board, profile, "cpu", extra={"dataset": "synthetic"})
+
+
+def test_leaderboard_cli_without_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    assert main(["leaderboard"]) == 1
+    assert "No leaderboard results yet" in capsys.readouterr().err
+
+
+def test_leaderboard_save_read_and_print(tmp_path, monkeypatch, capsys):
+    csv, html = _saved(tmp_path, monkeypatch)
+    assert csv.name == "12_leaderboard.csv" and html.suffix == ".html"
+    page = html.read_text()
+    assert "<table" in page and "dominated" in page
+    assert main(["leaderboard", "--profile", "smoke", "--sort", "macs"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines()[2:] if line.strip()]
+    assert [line.split()[0] for line in lines] == ["tiny", "small", "dominated", "baseline"]
+    assert "n/a" in out  # the untimed row's speed-up
+    assert "smoke" in out.splitlines()[0]
+
+
+def test_leaderboard_shows_only_the_newest_run(tmp_path, monkeypatch):
+    _saved(tmp_path, monkeypatch)
+    first = pd.read_csv(tmp_path / "data" / "results" / "12_leaderboard.csv")
+    newer = _board().iloc[:2].assign(family="", steps="", top1_se=0.5, n_test=100)
+    monkeypatch.setattr(lb, "_dt", _Later)
+    lb.save(newer, "smoke", "cpu")
+    assert len(pd.read_csv(tmp_path / "data" / "results" / "12_leaderboard.csv")) == len(first) + 2
+    assert list(lb.read("smoke").index) == ["baseline", "small"]
+
+
+class _Later:
+    class datetime:
+        @staticmethod
+        def now():
+            import datetime
+
+            return datetime.datetime(2999, 1, 1)
+
+
+def test_leaderboard_cli_bad_requests(tmp_path, monkeypatch, capsys):
+    _saved(tmp_path, monkeypatch)
+    assert main(["leaderboard", "--profile", "gpu"]) == 1
+    assert "profiles measured: smoke" in capsys.readouterr().err
+    assert main(["leaderboard", "--sort", "nonsense"]) == 2
+    assert "Cannot sort by 'nonsense'" in capsys.readouterr().err
+
+
+def test_a_results_file_not_written_by_the_leaderboard_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    results.append(lb.STEM, [{"method": "x", "top1": 1.0}], "smoke", "cpu")
+    assert main(["leaderboard"]) == 1
+    assert "not written by the leaderboard" in capsys.readouterr().err
