@@ -67,7 +67,8 @@ def test_measure_models_one_protocol(vit, test_set, tmp_path, monkeypatch):
     models = {"baseline": vit, "int8": quant.dynamic_int8(vit),
               "W4A4": quant.QuantViT(vit, quant.QuantConfig(4, 4)).calibrate(calib),
               "pruned": pruning.prune_structured(vit, 0.5)}
-    board, timings = lb.measure_models(models, test_set, FAST, families={"int8": "quantization"})
+    board, timings = lb.measure_models(models, test_set, FAST, families={"int8": "quantization"},
+                                       controls={"pruned": "baseline", "W4A4": "baseline"})
     assert list(board.index) == list(models)
     assert board.loc["baseline", "speedup"] == 1.0 and board.loc["baseline", "verdict"] == "reference"
     assert board.loc["int8", "macs"] == board.loc["baseline", "macs"]  # int8 counted on its float twin
@@ -79,6 +80,12 @@ def test_measure_models_one_protocol(vit, test_set, tmp_path, monkeypatch):
     assert board.loc["int8", "family"] == "quantization"
     assert board["top1_se"].notna().all() and (board["n_test"] == 40).all()
     assert set(timings.rates) == {"baseline", "int8", "pruned"}
+    assert board.loc["pruned", "top1_vs_control"] == board.loc["pruned", "top1"] - board.loc["baseline", "top1"]
+    assert board.loc["pruned", "speedup_vs_control"] == timings.ratio("pruned", "baseline").median
+    assert board.loc["W4A4", "control"] == "baseline" and math.isnan(board.loc["W4A4", "speedup_vs_control"])
+    assert pd.isna(board.loc["int8", "control"])
+    with pytest.raises(KeyError, match="Controls must name"):
+        lb.measure_models(models, test_set, FAST, controls={"pruned": "nope"})
     with pytest.raises(KeyError, match="reference"):
         lb.measure_models(models, test_set, FAST, reference="nope")
     with pytest.raises(ValueError, match="as many labels"):
@@ -189,3 +196,43 @@ def test_a_results_file_not_written_by_the_leaderboard_is_a_clear_error(tmp_path
     results.append(lb.STEM, [{"method": "x", "top1": 1.0}], "smoke", "cpu")
     assert main(["leaderboard"]) == 1
     assert "not written by the leaderboard" in capsys.readouterr().err
+
+
+def test_additivity_of_a_stack():
+    board = pd.DataFrame({"top1": [90.0, 88.0, 89.0, 87.2], "n_test": 10_000},
+                         index=["base", "prune", "merge", "prune+merge"])
+    timings = measure.Timings({"base": [100.0] * 3, "prune": [150.0] * 3, "merge": [200.0] * 3,
+                               "prune+merge": [290.0, 300.0, 310.0]}, "base", dict.fromkeys(board.index, 8))
+    out = lb.additivity(board, timings, "prune+merge", ["prune", "merge"], "base")
+    assert out["predicted_speedup"] == pytest.approx(3.0) and out["adds_up_speed"]
+    assert out["predicted_top1"] == pytest.approx(87.0) and out["adds_up_top1"]  # 0.2 points off, SE ~0.33
+    slower = measure.Timings({**timings.rates, "prune+merge": [200.0] * 3}, "base", timings.batch_size)
+    assert not lb.additivity(board, slower, "prune+merge", ["prune", "merge"], "base")["adds_up_speed"]
+    with pytest.raises(KeyError, match="not on the board"):
+        lb.additivity(board, timings, "prune+merge", ["nope"], "base")
+
+
+def test_own_result_reads_the_newest_matching_row(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    assert lb.own_result("05_weight_pruning", "magnitude", "60%", "cpu") is None  # never run
+    results.append("05_weight_pruning", [{"method": "magnitude", "setting": "60%", "top1": 80.0},
+                                         {"method": "magnitude", "setting": "80%", "top1": 70.0}], "cpu", "cpu")
+    results.append("05_weight_pruning", [{"method": "magnitude", "setting": "60%", "top1": 81.0}], "cpu", "cpu")
+    results.append("05_weight_pruning", [{"method": "magnitude", "setting": "60%", "top1": 50.0}], "smoke", "cpu")
+    assert lb.own_result("05_weight_pruning", "magnitude", "60%", "cpu") == 81.0
+    assert lb.own_result("05_weight_pruning", "magnitude", "80%", "cpu") == 70.0
+    assert lb.own_result("05_weight_pruning", "magnitude", None, "smoke") == 50.0
+    assert lb.own_result("05_weight_pruning", "magnitude", "60%", "gpu") is None
+    assert lb.own_result("05_weight_pruning", "magnitude", "60%", "cpu", column="nonexistent") is None
+
+
+def test_partial_results_print_as_not_available(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    partial = pd.DataFrame({"top1": [90.0, 85.0], "family": ["baseline", "pruning"]},
+                           index=pd.Index(["baseline", "pruned"], name="model"))  # no costs, no timing
+    lb.save(partial, "cpu", "cpu")
+    assert main(["leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("n/a") >= 2 * 5 and "not timed" in out
+    assert main(["leaderboard", "--sort", "bytes"]) == 2  # a column this run does not have
+    assert "choose one of" in capsys.readouterr().err

@@ -676,7 +676,7 @@ def card(
     ``macs``: its multiply-accumulates per image, counted by the caller (adds computational complexity).
     Transparency rows (for vitsurvey's ViT with a class token: the deletion-curve area of its attention
     rollout, and against a ``reference`` ViT with the same patches, how well their rollouts correlate) use
-    the first ``explain`` test images.
+    the first ``explain`` test images (0: leave them out).
     """
     from .metrics import top1_se
 
@@ -730,7 +730,7 @@ def card(
         add("approximation", "top-1 agreement with the reference (%)", close["agreement"],
             top1_se(close["agreement"], len(y)), "higher", len(y))
         add("approximation", "KL divergence from the reference (nats)", close["kl"], None, "lower", len(y))
-    if explainable(model):
+    if explain > 0 and explainable(model):
         ex = x[:explain]
         area = curve_area(deletion_curve(model, ex, attention_rollout(model, ex), model.cfg.patch_size))
         add("transparency", "deletion area of attention rollout", area, None, "lower", len(ex))

@@ -34,8 +34,10 @@ from .profiles import Profile
 STEM = "12_leaderboard"
 """Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
 
-COLUMNS = ["model", "family", "steps", "top1", "top1_se", "n_test", "params", "nonzero_params", "macs", "bytes",
-           "infer_mem_bytes", "speedup", "speedup_low", "speedup_high", "verdict", "throughput_img_s", "batch_size"]
+COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "accuracy_vs_control",
+           "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
+           "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
+           "batch_size"]
 """The measured columns of a leaderboard row, in the order they are shown."""
 
 
@@ -130,10 +132,17 @@ def measure_models(
     reference: str = "baseline",
     families: Mapping[str, str] | None = None,
     steps: Mapping[str, str] | None = None,
+    controls: Mapping[str, str] | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[pd.DataFrame, measure.Timings | None]:
     """Every model under the one protocol (module docstring); one row per model with :data:`COLUMNS`.
+
+    ``controls`` maps a model to the row it must be judged against: the uncompressed model of the same
+    architecture given the same training (a compressed model that was fine-tuned is compared with the
+    baseline given that fine-tune, a model trained from scratch with its architecture's reference trained
+    alike). Its top-1 change (points, with a verdict at two standard errors of the difference) and its
+    speed-up against that control (from the same timing run) fill the ``*_vs_control`` columns.
 
     ``batch_size`` (default: eight times the profile's timing batch) is the batch every model is timed and
     its memory measured at; a multiple of eight, so that no multiplexer of up to eight images pads its last
@@ -143,6 +152,9 @@ def measure_models(
     """
     if reference not in models:
         raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(models)}.")
+    unknown = {n: c for n, c in (controls or {}).items() if n not in models or c not in models}
+    if unknown:
+        raise KeyError(f"Controls must name measured models; not among them: {unknown}.")
     x, y = test_set
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"The test set needs as many labels as images, at least one; got {len(x)} and {len(y)}.")
@@ -171,8 +183,51 @@ def measure_models(
             rows[name].update(speedup=ratio.median, speedup_low=ratio.low, speedup_high=ratio.high,
                               verdict="reference" if name == reference else ratio.verdict(),
                               throughput_img_s=timings.rate(name).median, batch_size=batch)
+    for name, control in (controls or {}).items():
+        a, b = rows[name]["top1"], rows[control]["top1"]
+        rows[name].update(control=control, top1_vs_control=a - b,
+                          accuracy_vs_control="control" if name == control else metrics.compare_top1(a, b, len(y)))
+        if timings is not None and name in timings.rates and control in timings.rates:
+            ratio = timings.ratio(name, control)
+            rows[name].update(speedup_vs_control=ratio.median, speedup_vs_control_low=ratio.low,
+                              speedup_vs_control_high=ratio.high)
     board = pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS).set_index("model")
     return board, timings
+
+
+def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts: Sequence[str],
+               base: str) -> dict[str, float | bool]:
+    """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its
+    ``parts``' speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1
+    change against the sum of theirs. ``adds_up_speed``: the product lies within the stack's measured range;
+    ``adds_up_top1``: the predicted top-1 lies within two standard errors of the measured one."""
+    for name in (stack, base, *parts):
+        if name not in board.index:
+            raise KeyError(f"{name!r} is not on the board: {list(board.index)}.")
+    predicted_speed = float(np.prod([timings.ratio(p, base).median for p in parts]))
+    measured = timings.ratio(stack, base)
+    top1_base = float(board.loc[base, "top1"])
+    predicted_top1 = top1_base + sum(float(board.loc[p, "top1"]) - top1_base for p in parts)
+    measured_top1 = float(board.loc[stack, "top1"])
+    se = metrics.top1_se(measured_top1, int(board.loc[stack, "n_test"]))
+    return {"speedup": measured.median, "speedup_low": measured.low, "speedup_high": measured.high,
+            "predicted_speedup": predicted_speed, "adds_up_speed": measured.low <= predicted_speed <= measured.high,
+            "top1": measured_top1, "predicted_top1": predicted_top1,
+            "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
+
+
+def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1") -> float | None:
+    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``, unless None) in
+    ``profile``, or None where that notebook has not measured it in this profile. Rows are appended in order,
+    so the last matching row is the newest."""
+    frame = results.read(stem)
+    if column not in frame.columns:
+        return None
+    rows = frame[(frame["profile"] == profile) & (frame["method"] == method)]
+    if setting is not None:
+        rows = rows[rows["setting"] == setting]
+    rows = rows.dropna(subset=[column])
+    return None if rows.empty else float(rows[column].iloc[-1])
 
 
 # --------------------------------------------------------------------------- ranking
@@ -252,8 +307,9 @@ def save(board: pd.DataFrame, profile: str, device: str | torch.device | None = 
     if board.empty:
         raise ValueError("The leaderboard is empty: measure at least one model first.")
     run = _dt.datetime.now().isoformat(timespec="seconds")
-    rows = [{"method": name, "setting": r["steps"] or r["family"], **r, "model": name, "run": run, **(extra or {})}
-            for name, r in board.fillna({"steps": "", "family": ""}).to_dict("index").items()]
+    labels = board.reindex(columns=["steps", "family"]).astype(object).fillna("")
+    rows = [{"method": name, "setting": labels.loc[name, "steps"] or labels.loc[name, "family"], **r, "model": name,
+             "run": run, **(extra or {})} for name, r in board.to_dict("index").items()]
     path = results.append(STEM, rows, profile, device)
     html = write_html(read(profile), path.with_suffix(".html"),
                       title=f"vitsurvey leaderboard ({profile} profile, {run})")
@@ -313,25 +369,40 @@ def read(profile: str | None = None) -> pd.DataFrame:
 
 
 def format_board(board: pd.DataFrame, sort: str | None = None) -> str:
-    """The leaderboard as text: one line per model, the measured columns, best first by ``sort`` (default:
-    top-1; costs ascending, top-1 and speed descending)."""
-    shown = [c for c in COLUMNS if c != "model" and c in board.columns]
+    """The leaderboard as text, one line per model, best first by ``sort`` (any measured column; default
+    top-1; costs ascending, accuracy and speed descending). Values a row lacks (a model that was not timed,
+    a results file from an older run) show as n/a."""
+    sortable = [c for c in COLUMNS if c != "model" and c in board.columns]
     sort = sort or "top1"
-    if sort not in shown:
-        raise ValueError(f"Cannot sort by {sort!r}; choose one of: {', '.join(shown)}.")
-    ascending = sort not in ("top1", "speedup", "speedup_low", "speedup_high", "throughput_img_s")
-    table = board[shown].sort_values(sort, ascending=ascending, na_position="last")
-    table = table.assign(**{c: table[c].map(lambda v: "" if pd.isna(v) else str(v))
-                            for c in ("family", "steps", "verdict") if c in table})
-    floats = {"top1": "{:.2f}", "top1_se": "{:.2f}", "speedup": "{:.2f}", "speedup_low": "{:.2f}",
-              "speedup_high": "{:.2f}", "throughput_img_s": "{:.0f}"}
-    for c, fmt in floats.items():
-        if c in table:
-            table[c] = table[c].map(lambda v, f=fmt: "n/a" if pd.isna(v) else f.format(float(v)))
-    for c in ("n_test", "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "batch_size"):
-        if c in table:
-            table[c] = table[c].map(lambda v: "n/a" if pd.isna(v) else f"{int(v):,}")
-    return table.rename_axis(None).to_string()
+    if sort not in sortable:
+        raise ValueError(f"Cannot sort by {sort!r}; choose one of: {', '.join(sortable)}.")
+    descending = sort.startswith(("top1", "speedup", "throughput"))
+    rows = board.sort_values(sort, ascending=not descending, na_position="last")
+
+    def get(r: pd.Series, c: str) -> object:
+        return r[c] if c in r.index and pd.notna(r[c]) else None
+
+    def count(v: object) -> str:
+        return "n/a" if v is None else f"{int(float(v)):,}"  # type: ignore[arg-type]
+
+    def number(v: object, digits: int = 2) -> str:
+        return "n/a" if v is None else f"{float(v):.{digits}f}"  # type: ignore[arg-type]
+
+    lines = {}
+    for name, r in rows.iterrows():
+        change, verdict = get(r, "top1_vs_control"), get(r, "accuracy_vs_control")
+        speed = get(r, "speedup")
+        lines[name] = {
+            "family": get(r, "family") or "",
+            "top-1 (%)": "n/a" if get(r, "top1") is None else f"{number(r['top1'])} ± {number(get(r, 'top1_se'))}",
+            "vs control": "" if change is None else f"{float(change):+.2f} ({verdict}, vs {get(r, 'control')})",
+            "params": count(get(r, "params")), "MACs": count(get(r, "macs")), "bytes": count(get(r, "bytes")),
+            "memory (bytes)": count(get(r, "infer_mem_bytes")),
+            "speed-up [range]": "n/a" if speed is None else
+            f"{number(speed)} [{number(get(r, 'speedup_low'))}-{number(get(r, 'speedup_high'))}]",
+            "verdict": get(r, "verdict") or "not timed",
+        }
+    return pd.DataFrame.from_dict(lines, orient="index").to_string()
 
 
 def describe_run(board: pd.DataFrame) -> str:
