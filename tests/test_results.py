@@ -41,13 +41,11 @@ def test_append_accumulates_and_extends_columns(out):
 def test_crash_mid_write_leaves_previous_file_intact(out, monkeypatch):
     path = results.append("nb", [{"method": "first"}], profile="cpu")
     before = path.read_bytes()
-    original = pd.DataFrame.to_csv
 
-    def crash(self, f, *args, **kwargs):
-        original(self.head(1), f, *args, **kwargs)  # some bytes reach the temporary file ...
-        raise KeyboardInterrupt  # ... then the process is interrupted
+    def crash(fd):  # the new rows have reached the temporary file; the process is interrupted before it is synced
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    monkeypatch.setattr(results.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         results.append("nb", [{"method": "second"}], profile="cpu")
     assert path.read_bytes() == before
@@ -79,3 +77,16 @@ def test_device_name_tells_cpus_apart_by_instruction_set():
     assert features["isa"] in results.device_name("cpu")
     assert set(features) == {"isa", "extras", "int8_dot", "bf16"}
     assert features["int8_dot"] == bool({"VNNI", "AMX"} & set(features["extras"]))
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "x.csv"
+    results.write_text_atomic("a,b\n1,2\n", path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert path.read_text() == "a,b\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no temporary file left

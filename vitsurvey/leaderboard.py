@@ -320,8 +320,6 @@ def write_html(board: pd.DataFrame, path: Path, title: str) -> Path:
     """A sortable, searchable HTML page of ``board`` (itables: DataTables, loaded by the browser from the
     web), written atomically."""
     import html as _html
-    import os
-    import tempfile
 
     from itables import to_html_datatable
 
@@ -331,14 +329,7 @@ def write_html(board: pd.DataFrame, path: Path, title: str) -> Path:
             f"<body>\n<h1>{_html.escape(title)}</h1>\n<p>Click a column to sort; measured with the protocol of "
             "notebook 12 (top-1 ± one standard error on one test set; speed-up from one interleaved timing run, "
             "median and range).</p>\n" + table + "\n</body></html>\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    results.write_text_atomic(page, path)
     return path
 
 

@@ -123,19 +123,29 @@ def _as_dict(row: Any) -> dict[str, Any]:
     raise TypeError(f"A results row must be a mapping or a dataclass record, not {type(row).__name__}.")
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``: a reader sees
+    the old file or the new one, never half of one. The file gets the permissions a plain ``open`` would give
+    (the temporary file's private mode is not kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            frame.to_csv(f, index=False)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(frame.to_csv(index=False), path)
 
 
 def append(
