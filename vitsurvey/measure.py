@@ -361,6 +361,16 @@ class Throughput:
     dtype: str = "float32"
 
 
+def _check_timing(warmup: int, iters: int, min_seconds: float) -> None:
+    """A timing with no timed pass returns nothing true (a rate of 0, or no median): refuse it."""
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters (timed passes) must be a whole number >= 1, not {iters!r}.")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup (untimed passes) must be a whole number >= 0, not {warmup!r}.")
+    if not (math.isfinite(min_seconds) and min_seconds >= 0):
+        raise ValueError(f"min_seconds must be a finite number >= 0, not {min_seconds!r}.")
+
+
 def throughput(
     model: nn.Module,
     input_shape: tuple[int, int, int],
@@ -378,6 +388,10 @@ def throughput(
     synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at the first batch
     size that runs out of memory; that size is recorded in ``oom_at``.
     """
+    _check_timing(warmup, iters, min_seconds)
+    bad = [b for b in batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    if bad or not batch_sizes:
+        raise ValueError(f"batch sizes must be whole numbers >= 1, not {tuple(batch_sizes)}.")
     device = torch.device(device)
     if device.type == "cpu":
         steady_allocator()
@@ -702,6 +716,7 @@ def latency_ms(
     iters: int = 20,
 ) -> float:
     """Median milliseconds of one batch-1 inference pass, each pass timed between synchronisations."""
+    _check_timing(warmup, iters, 0.0)
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.randn(1, *input_shape, device=device)

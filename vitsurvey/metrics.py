@@ -194,8 +194,8 @@ def efficient_error_rate(
     units (GMACs or MACs, MB or bytes), so rankings do not change with them.
     """
     weights = {**costs, error: error_weight}
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"EER weights must be non-negative and not all zero, got {weights}.")
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"EER weights must be finite, non-negative and not all zero, got {weights}.")
     columns = list(weights)
     _check_columns(frame, columns, "efficient_error_rate")
     values = frame[columns].apply(pd.to_numeric, errors="coerce").astype(float)

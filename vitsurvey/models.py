@@ -61,6 +61,12 @@ class ViTConfig:
     kernel: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, not {value!r}.")
+        if not (isinstance(self.mlp_ratio, (int, float)) and math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a positive number, not {self.mlp_ratio!r}.")
         if self.img_size % self.patch_size:
             raise ValueError(
                 f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}; "
@@ -185,11 +191,19 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
+        self.shape = (cfg.in_chans, cfg.img_size, cfg.img_size)
         self.proj = nn.Conv2d(
             cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        # A strided convolution would silently drop the rows and columns of a larger image that do not fill a
+        # patch, and the position embeddings only fit the configured grid: any other shape is an error.
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
+            c, h, w = self.shape
+            raise ValueError(f"This ViT takes a batch of images shaped (batch, {c}, {h}, {w}), got {tuple(x.shape)}"
+                             + ("; add a batch dimension (x.unsqueeze(0))" if x.dim() == 3 else "")
+                             + "; resize the images or build the model for their size (ViTConfig.img_size).")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D)
 
 

@@ -18,6 +18,7 @@ else the shipped subset, under its own name (:func:`vitsurvey.data.resolve`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -137,6 +138,43 @@ class Profile:
     timing_batch: int = 4
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Refuse sizes that would run but measure nothing (``bench_iters=0`` times no pass) or read as "unset"."""
+
+        def whole(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        problems = []
+        for name in _POSITIVE_INTS:
+            v = getattr(self, name)
+            if not (whole(v) and v >= 1):
+                problems.append(f"{name} must be a whole number >= 1, not {v!r}")
+        for name in _OPTIONAL_POSITIVE_INTS:
+            v = getattr(self, name)
+            if v is not None and not (whole(v) and v >= 1):
+                problems.append(f"{name} must be a whole number >= 1 (or None: all of them), not {v!r}")
+        for name in _NON_NEGATIVE_INTS:
+            v = getattr(self, name)
+            if not (whole(v) and v >= 0):
+                problems.append(f"{name} must be a whole number >= 0, not {v!r}")
+        for name in _POSITIVE_FLOATS:
+            v = getattr(self, name)
+            if not (number(v) and v > 0):
+                problems.append(f"{name} must be a positive number, not {v!r}")
+        for name in _NON_NEGATIVE_FLOATS:
+            v = getattr(self, name)
+            if not (number(v) and v >= 0):
+                problems.append(f"{name} must be a number >= 0, not {v!r}")
+        for name in _POSITIVE_INT_TUPLES:
+            v = getattr(self, name)
+            if not v or not all(whole(b) and b >= 1 for b in v):
+                problems.append(f"{name} must list whole numbers >= 1, not {v!r}")
+        if problems:
+            raise ValueError(f"Profile {self.name!r}: " + "; ".join(problems) + ".")
+
     def timing(self) -> dict[str, float | int]:
         """Keyword arguments of :func:`vitsurvey.measure.relative_throughput` for this profile."""
         return {"rounds": self.timing_rounds, "max_rounds": self.timing_max_rounds,
@@ -172,6 +210,18 @@ class Profile:
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed, e.g. ``profile.replace(epochs=2)``."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_POSITIVE_INTS = ("epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
+                  "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
+                  "multiplex_epochs", "multiplex_k", "e360_epochs")
+_OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "token_baseline_epochs", "s3_models", "finetune_samples",
+                           "student_samples", "teacher_epochs", "mixer_samples", "mixer_models", "multiplex_samples",
+                           "e360_samples", "e360_train_samples")
+_NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
+_POSITIVE_FLOATS = ("lr", "finetune_lr")
+_NON_NEGATIVE_FLOATS = ("weight_decay", "warmup_epochs", "bench_min_seconds", "timing_tolerance")
+_POSITIVE_INT_TUPLES = ("bench_batch_sizes", "sweep_batch_sizes", "resolutions", "mixer_grids", "teacher_channels")
 
 
 def _fmnist_vit(**kw: object) -> ViTConfig:

@@ -38,6 +38,15 @@ def _check_bits(bits: int) -> None:
 def _check_data(x: Tensor) -> None:
     if x.numel() == 0:
         raise ValueError("Cannot calibrate on an empty tensor: pass at least one calibration value.")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("The calibration data hold NaN or infinite values, which would make every range NaN or "
+                         "infinite: clean the data (or the model's outputs) first.")
+
+
+def _check_symmetric_bits(bits: int, symmetric: bool) -> None:
+    if symmetric and bits < 2:
+        raise ValueError("Symmetric quantization needs at least 2 bits: at 1 bit its grid is {-1, 0}, so every "
+                         "positive value would become 0. Use 2 or more bits, or symmetric=False.")
 
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
@@ -124,6 +133,7 @@ def calibrate(
     min-max range and keeps the one with the smallest squared error on ``x`` (per channel when ``axis``).
     """
     _check_bits(bits)
+    _check_symmetric_bits(bits, symmetric)
     _check_data(x)
     if method not in METHODS:
         raise ValueError(f"Unknown calibration method {method!r}; use one of {', '.join(METHODS)}.")
@@ -270,6 +280,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         _check_bits(self.w_bits)
         _check_bits(self.a_bits)
+        _check_symmetric_bits(self.w_bits, True)  # weights are quantized symmetrically
         for name, value, choices in (("calibration", self.calibration, METHODS), ("softmax", self.softmax, SOFTMAX_CHOICES),
                                      ("gelu", self.gelu, GELU_CHOICES), ("layernorm", self.layernorm, LAYERNORM_CHOICES)):
             if value not in choices:

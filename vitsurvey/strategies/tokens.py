@@ -41,6 +41,10 @@ class WithTokenStep(nn.Module):
     def __init__(self, vit: VisionTransformer, step: TokenStep) -> None:
         super().__init__()
         require_plain(vit, "A token step")
+        outside = [b for b in getattr(step, "blocks", ()) if b >= vit.cfg.depth]
+        if outside:
+            raise ValueError(f"The token step acts after blocks {outside}, but the model has blocks 0 to "
+                             f"{vit.cfg.depth - 1}: choose blocks inside it.")
         self.vit, self.step = vit, step
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,6 +98,8 @@ def evit_step(keep: float, blocks: Sequence[int], fuse: bool = True) -> TokenSte
     others into one token weighted by that attention. ``keep=1`` changes nothing."""
     _check_keep(keep)
     chosen = set(blocks)
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in chosen):
+        raise ValueError(f"blocks must be block indices (whole numbers >= 0), not {sorted(chosen, key=str)}.")
 
     def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
         if i not in chosen or keep == 1:
@@ -114,6 +120,7 @@ def evit_step(keep: float, blocks: Sequence[int], fuse: bool = True) -> TokenSte
             parts.append((w[..., None] * dropped).sum(1, keepdim=True) / w.sum(1, keepdim=True)[..., None])
         return torch.cat(parts, dim=1)
 
+    step.blocks = tuple(sorted(chosen))  # type: ignore[attr-defined]  # read by WithTokenStep to check them
     return step
 
 
@@ -165,8 +172,10 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int) -> tuple[Te
 
 def tome_schedule(total: int, depth: int) -> list[int]:
     """Spread ``total`` merges over ``depth`` blocks as evenly as possible, earlier blocks first."""
-    if total < 0:
-        raise ValueError(f"total merges must be >= 0, not {total}.")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"total merges must be a whole number >= 0, not {total!r}.")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive whole number of blocks, not {depth!r}.")
     base, extra = divmod(total, depth)
     return [base + (1 if b < extra else 0) for b in range(depth)]
 
@@ -184,11 +193,11 @@ class ToMe(nn.Module):
         super().__init__()
         require_plain(vit, "ToMe")
         depth = vit.cfg.depth
-        schedule = [r] * depth if isinstance(r, int) else list(r)
+        schedule = [r] * depth if isinstance(r, (int, float)) else list(r)
         if len(schedule) != depth:
             raise ValueError(f"r has {len(schedule)} entries for {depth} blocks; give one per block.")
-        if min(schedule) < 0:
-            raise ValueError(f"r (tokens merged per block) must be >= 0, got {schedule}.")
+        if any(isinstance(r_, bool) or not isinstance(r_, int) for r_ in schedule) or min(schedule) < 0:
+            raise ValueError(f"r (tokens merged per block) must be whole numbers >= 0, got {schedule}.")
         n = vit.cfg.num_tokens
         for i, ri in enumerate(schedule):
             if ri > (n - 1) // 2:
@@ -363,8 +372,11 @@ def patch_slimming(
     token: there is no earlier attention to judge patches by. The original ``vit`` is not changed.
     """
     require_plain(vit, "Patch Slimming")
-    if tolerance <= 0:
-        raise ValueError(f"tolerance must be a positive relative output error, not {tolerance}.")
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be a positive, finite relative output error, not {tolerance}.")
+    if sample.dim() != 4 or len(sample) == 0:
+        raise ValueError(f"sample must be a non-empty batch of images (batch, channels, height, width), got shape "
+                         f"{tuple(sample.shape)}.")
     if r0 < 1:
         raise ValueError(f"r0 (tokens added per step) must be at least 1, not {r0}.")
     model = copy.deepcopy(vit).eval()
