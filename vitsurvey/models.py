@@ -343,10 +343,15 @@ def init_weights(module: nn.Module) -> None:
 
 
 def require_plain(model: nn.Module, what: str) -> None:
-    """Raise a ValueError unless ``model`` (ours) has softmax attention in every block and a class token
-    at index 0: what head pruning, token reduction and the distillation token are built on."""
-    cfg = getattr(model, "cfg", None)
-    if isinstance(cfg, ViTConfig) and (cfg.mixer != "attention" or not cfg.class_token):
+    """Raise a TypeError unless ``model`` is vitsurvey's ViT, and a ValueError unless it has softmax attention
+    in every block and a class token at index 0: what head pruning, token reduction and the distillation
+    token are built on."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"{what} works on vitsurvey's VisionTransformer, not on a {type(model).__name__}: apply it "
+                        "to the plain model, before wrapping it (token merging, a token step, multiplexing, "
+                        "simulated quantization).")
+    cfg = model.cfg
+    if cfg.mixer != "attention" or not cfg.class_token:
         found = f"mixer {cfg.mixer!r}" if cfg.mixer != "attention" else "no class token"
         raise ValueError(f"{what} needs softmax attention in every block and a class token; this model has {found}. "
                          "Use a config with the default mixer and class_token=True.")
