@@ -49,7 +49,8 @@ def test_crash_mid_write_leaves_previous_file_intact(out, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         results.append("nb", [{"method": "second"}], profile="cpu")
     assert path.read_bytes() == before
-    assert [p.name for p in out.iterdir()] == ["nb.csv"], "a temporary file was left behind"
+    # only the file and its (empty, hidden) lock remain
+    assert sorted(p.name for p in out.iterdir()) == [".nb.csv.lock", "nb.csv"], "a temporary file was left behind"
 
 
 def test_bad_rows_are_rejected(out):
@@ -89,4 +90,4 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert path.read_text() == "a,b\n1,2\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.csv.lock", "x.csv"]  # no temporary file left

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -60,7 +64,11 @@ def doctor(_: argparse.Namespace) -> int:
         else:
             note = f"{data.describe(data.resolve(prof, download=False).dataset)} ({wanted} not found, downloads off)"
         print(f"  {name:<6} {note}")
-    print(f"outputs: {results.project_root()}")
+    try:
+        print(f"outputs: {results.project_root()}")
+    except results.OutputDirError as exc:
+        print(f"outputs: error: {exc}")
+        return EXIT_FAILED
     return 0
 
 
@@ -134,62 +142,176 @@ def _finish(src: str, dest: Path, name: str, drop_injected: bool) -> None:
     nbformat.write(nb, str(dest))
 
 
-def run(args: argparse.Namespace) -> int:
+class _Stopped(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C does, so the kernel is shut down and temporary files removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _find_notebooks(names: list[str], nb_dir: Path) -> list[Path]:
+    """Notebook paths for names (``12``, ``12_leaderboard``, or a path); a name that matches none, or several,
+    raises ValueError listing what there is."""
+    if not names:
+        paths = [p for p in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) if not p.stem.endswith(".failed")]
+        if not paths:
+            raise ValueError(f"no notebooks found in {nb_dir}")
+        return paths
+    paths = []
+    for n in names:
+        p = Path(n) if Path(n).suffix == ".ipynb" else nb_dir / f"{n}.ipynb"
+        if not p.is_file():
+            candidates = [c for c in sorted(nb_dir.glob(f"{n}*.ipynb")) if not c.stem.endswith(".failed")]
+            if not candidates:
+                raise ValueError(f"no notebook {n!r} (looked for {p} and {nb_dir}/{n}*.ipynb)")
+            if len(candidates) > 1:
+                raise ValueError(f"{n!r} matches {len(candidates)} notebooks: "
+                                 f"{', '.join(c.stem for c in candidates)}; name one of them")
+            p = candidates[0]
+        paths.append(p)
+    return paths
+
+
+def _cell_as_read(executed: str, index: int | None) -> str:
+    """The cell at ``index`` of papermill's output, as a reader of the notebook finds it: its position among
+    the notebook's cells (papermill's injected-parameters cell not counted) and its first line."""
+    import nbformat
+
+    if index is None or index < 0:
+        return "a cell that could not be identified"
+    nb = nbformat.read(executed, as_version=4)
+    # papermill's indices are those of the notebook it ran, before it added its error banners
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    injected = [i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", [])]
+    if index in injected:
+        return "the cell that sets the parameters"
+    position = index - sum(1 for i in injected if i < index)
+    first = next((line.strip() for line in cells[index].source.splitlines() if line.strip()), "")
+    first = first if len(first) <= 60 else first[:57] + "..."
+    return f"cell {position + 1} of {len(cells) - len(injected)} (it begins `{first}`)"
+
+
+def _last_started(executed: str) -> int | None:
+    """The index of the last code cell papermill started in its output notebook: where a dead kernel died
+    (papermill marks every started cell completed once it gives up, but never starts the ones after)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # the output was never written: the kernel died before the first cell
+        return None
+    started = [i for i, c in enumerate(nb.cells)
+               if c.cell_type == "code" and c.metadata.get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
+def _run_one(path: Path, dest: Path, params: dict, tmp: str) -> str | None:
+    """Execute one notebook into ``tmp`` and, if it succeeds, put it at ``dest``; return None, or what failed."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    try:
+        papermill.execute_notebook(
+            str(path), tmp, parameters=params, kernel_name="python3", cwd=str(path.parent),
+            progress_bar=False, log_output=False,
+            # the kernel's own log (transport warnings at start-up, a handler's traceback when it is shut down
+            # mid-cell after Ctrl-C) is not the notebook's output; the cells' errors still reach the notebook
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        )
+    except PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+            raise KeyboardInterrupt from None
+        return f"{path.name} failed in {_cell_as_read(tmp, exc.cell_index)}: {exc.ename}: {exc.evalue}"
+    except DeadKernelError:
+        return (f"{path.name}: the kernel died (out of memory, or a crash in native code) in "
+                f"{_cell_as_read(tmp, _last_started(tmp))}")
+    staged = dest.with_name(f".{dest.name}.tmp")
+    try:
+        _finish(tmp, staged, dest.name, drop_injected=dest.resolve() == path.resolve())
+        os.replace(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
+    return None
+
+
+@contextlib.contextmanager
+def _temporaries_in(folder: str) -> Iterator[None]:
+    """Make ``folder`` the default place for temporary files, so the kernel's connection file (which
+    jupyter_client leaves behind when the kernel is stopped by a signal) goes where the run cleans up."""
+    before = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute notebooks with papermill, each into a temporary directory and moved into place only when it
+    finished: a failed or interrupted run leaves the stored notebook as it was and no temporary copy behind.
+    Exit status: 0 done, 1 a notebook failed (the executed copy is kept as ``<name>.failed.ipynb``), 2 bad
+    arguments, 130 / 143 stopped by Ctrl-C / SIGTERM."""
     from . import profiles
 
     if args.profile is not None and args.profile not in profiles.VALID_NAMES:
-        print(f"error: unknown profile {args.profile!r}; valid: {', '.join(profiles.VALID_NAMES)}", file=sys.stderr)
-        return 2
-    nb_dir = _notebooks_dir()
-    if args.notebooks:
-        paths = []
-        for n in args.notebooks:
-            p = Path(n) if Path(n).suffix == ".ipynb" else nb_dir / f"{n}.ipynb"
-            if not p.is_file():
-                candidates = sorted(nb_dir.glob(f"{n}*.ipynb"))
-                if len(candidates) != 1:
-                    print(f"error: no notebook {n!r} (looked for {p} and {nb_dir}/{n}*.ipynb)", file=sys.stderr)
-                    return 2
-                p = candidates[0]
-            paths.append(p)
-    else:
-        paths = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
-    if not paths:
-        print(f"error: no notebooks found in {nb_dir}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown profile {args.profile!r}; valid: {', '.join(profiles.VALID_NAMES)}")
+    paths = _find_notebooks(args.notebooks, _notebooks_dir())
     out_dir = Path(args.out) if args.out else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a directory for the executed notebooks")
     params = {"profile": args.profile} if args.profile else {}
-    for i, path in enumerate(paths, 1):
-        dest = (out_dir or path.parent) / path.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
-        start = time.perf_counter()
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.", suffix=".ipynb")
-        os.close(fd)
-        try:
-            papermill.execute_notebook(
-                str(path), tmp, parameters=params, kernel_name="python3", cwd=str(path.parent),
-                progress_bar=False, log_output=False,
-                # the kernel's own start-up notices (transport warnings) are not the notebook's output
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
-            )
-        except PapermillExecutionError as exc:
-            print("FAILED")
-            print(
-                f"error: {path.name} failed in cell {exc.exec_count} (index {exc.cell_index}): "
-                f"{exc.ename}: {exc.evalue}\nthe executed notebook is kept at {tmp}",
-                file=sys.stderr,
-            )
-            return 1
-        staged = dest.with_name(f".{dest.name}.tmp")
-        _finish(tmp, staged, dest.name, drop_injected=dest.resolve() == path.resolve())
-        os.replace(staged, dest)
-        os.unlink(tmp)
-        print(f"done in {time.perf_counter() - start:.0f} s -> {dest}")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    current = paths[0]
+    scratch = tempfile.mkdtemp(prefix="vitsurvey-run-")
+    try:
+        with _temporaries_in(scratch):
+            for i, path in enumerate(paths, 1):
+                current = path
+                dest = (out_dir or path.parent) / path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
+                start = time.perf_counter()
+                tmp = str(Path(scratch) / path.name)
+                failure = _run_one(path, dest, params, tmp)
+                if failure is not None:
+                    print("FAILED")
+                    kept = dest.with_name(f"{dest.stem}.failed.ipynb")
+                    if Path(tmp).is_file():
+                        _finish(tmp, kept, kept.name, drop_injected=False)
+                        failure += f"\nthe executed notebook, with the error, is at {kept}"
+                    print(f"error: {failure}", file=sys.stderr)
+                    return 1
+                dest.with_name(f"{dest.stem}.failed.ipynb").unlink(missing_ok=True)
+                print(f"done in {time.perf_counter() - start:.0f} s -> {dest}")
+    except (KeyboardInterrupt, _Stopped) as exc:
+        _stop_children()
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+        print(f"\nstopped ({signal.Signals(signum).name}) while running {current.name}; the stored notebook is "
+              "unchanged", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _stop_children() -> None:
+    """Kill whatever this process started and wait for it: a kernel still starting when the signal came is not
+    yet papermill's to shut down, and would otherwise outlive the run (and write its connection file after the
+    clean-up)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=10)
 
 
 def calibrate(args: argparse.Namespace) -> int:
@@ -246,11 +368,39 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: the profile measured last)")
     b.set_defaults(func=leaderboard)
     args = parser.parse_args(argv)
+    return _guarded(args)
+
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+"""Exit statuses: 1 the work failed (a notebook, a damaged file, out of memory), 2 the command was used wrongly
+(argparse's own status for bad arguments), 128 + signal when stopped (130 Ctrl-C, 143 SIGTERM)."""
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Run a command; a user's error becomes one line on stderr and an exit status, not a traceback."""
+    import torch
+
+    from .data import DataFileError, DatasetNotFoundError
+    from .results import ResultsFileError
+    from .train import CheckpointError
+
     try:
         return int(args.func(args))
-    except ValueError as exc:  # bad input that got past argparse: a clear message, no traceback
+    except (ResultsFileError, DataFileError, DatasetNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
+    except (MemoryError, torch.OutOfMemoryError):
+        print("error: out of memory; try a smaller --batch-size or --img-size, or another profile", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a folder that cannot be written, a disk that is full
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:  # bad input that got past argparse
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nstopped (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

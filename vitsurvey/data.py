@@ -23,6 +23,7 @@ import difflib
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,20 +116,50 @@ def offline() -> bool:
 
 
 # --------------------------------------------------------------------------- file readers
+class DataFileError(ValueError):
+    """A data set file that is damaged or disagrees with its partner: found, but not usable."""
+
+
+_REFETCH = ("delete it and run again to download it afresh (with downloads allowed), or copy an intact "
+            "one in its place")
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format: magic, big-endian sizes, raw bytes), gzipped or not."""
+    """Read an IDX file (the MNIST format: magic, big-endian sizes, raw bytes), gzipped or not. A file cut
+    off or corrupted (a download that did not finish) raises :class:`DataFileError` naming it."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataFileError(f"{path} is damaged ({exc}); {_REFETCH}.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+        raise DataFileError(f"{path} is not an unsigned-byte IDX file (bad magic number); {_REFETCH}.")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataFileError(f"{path} is cut off inside its header; {_REFETCH}.")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes.")
+        raise DataFileError(f"{path}: its header says {shape} ({int(np.prod(shape))} bytes) but it holds "
+                            f"{data.size} bytes; {_REFETCH}.")
     return data.reshape(shape)
+
+
+def _checked(images: np.ndarray, labels: np.ndarray, name: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels that belong together: as many of each, every label a class of ``name``. Caught here,
+    at load time, rather than as an index error deep inside training."""
+    if len(images) != len(labels):
+        raise DataFileError(f"{where}: {len(images)} images but {len(labels)} labels; the files do not belong "
+                            "together (one is from another split or cut off): replace them with an intact pair.")
+    classes = DATASETS[name].num_classes
+    if classes is not None and len(labels):
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            raise DataFileError(f"{where}: label {int(labels[bad[0]])} at position {int(bad[0])} (and {bad.size - 1} "
+                                f"more) lies outside {name}'s classes 0-{classes - 1}; replace the labels file.")
+    return images, labels
 
 
 _FMNIST_FILES = {
@@ -171,8 +202,13 @@ def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarr
         return None
     images, labels = [], []
     for f in files:
-        with open(folder / f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        try:
+            with open(folder / f, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+        except (EOFError, pickle.UnpicklingError, ValueError) as exc:
+            raise DataFileError(f"{folder / f} is damaged ({type(exc).__name__}); {_REFETCH}.") from None
+        if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+            raise DataFileError(f"{folder / f} is not a CIFAR batch (no images or labels in it); {_REFETCH}.")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[key], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
@@ -202,11 +238,12 @@ def _read(name: str, split: str, roots: list[Path]) -> tuple[np.ndarray, np.ndar
         if files is None:
             return None
         images, labels = (read_idx(f) for f in files)
-        return images[:, None], labels.astype(np.int64)  # add the channel axis
+        # the channel axis added
+        return _checked(images[:, None], labels.astype(np.int64), name, f"{files[0]} and {files[1]}")
     for root in roots:
         arrays = _read_cifar(root, name, split)
         if arrays is not None:
-            return arrays
+            return _checked(*arrays, name, str(root / _CIFAR_FOLDERS[name]))
     return None
 
 

@@ -344,7 +344,7 @@ def read(profile: str | None = None) -> pd.DataFrame:
     hint = "measure it first: python -m vitsurvey run 12 --profile cpu"
     if not path.exists():
         raise NoResults(f"No leaderboard results yet ({path.name} does not exist); {hint}.")
-    frame = pd.read_csv(path)
+    frame = results.read_file(path)
     needed = {"model", "run", "profile"}
     if not needed <= set(frame.columns):
         raise NoResults(f"{path.name} lacks the column(s) {sorted(needed - set(frame.columns))}: it was not written "

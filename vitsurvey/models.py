@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -386,12 +387,83 @@ def timm_vit(cfg: ViTConfig, **kw: object) -> nn.Module:
     return TimmViT(**cfg.timm_kwargs(), **kw)  # type: ignore[arg-type]
 
 
+def machine_memory_bytes() -> int:
+    """The memory a model may use here: the GPU's if one is present, else the machine's RAM."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def forward_bytes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """A lower bound on the memory one forward pass of ``model`` (built on the meta device) needs at input
+    ``shape``: its weights, plus its two largest module outputs, plus, for attention, the (heads, N, N) score
+    matrix that the fused kernel still forms on CPU. Shapes are propagated on the meta device, so nothing
+    is allocated: it answers "would this even fit?" before anything is built for real."""
+    outputs: list[int] = []
+    scores = [0]
+
+    def record(module: nn.Module, inputs: tuple, out: object) -> None:
+        if isinstance(out, Tensor):
+            outputs.append(out.numel() * out.element_size())
+        heads = getattr(module, "num_heads", None)
+        if isinstance(heads, int) and inputs and isinstance(inputs[0], Tensor) and inputs[0].dim() == 3:
+            b, n, _ = inputs[0].shape
+            scores[0] = max(scores[0], b * heads * n * n * inputs[0].element_size())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.empty(shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + sum(sorted(outputs)[-2:]) + scores[0]
+
+
+def _check_fits(name: str, img_size: int, kwargs: dict) -> None:
+    """Refuse an image size whose single-image forward pass clearly exceeds this machine's memory, before
+    allocating anything (the model is first built on the meta device)."""
+    try:
+        with torch.device("meta"):
+            try:
+                meta = timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+                meta = timm.create_model(name, pretrained=False, **kwargs)
+        channels = getattr(meta, "pretrained_cfg", {}).get("input_size", (3,))[0]
+        need = forward_bytes(meta.eval(), (1, channels, img_size, img_size))
+    except Exception:  # a model that cannot be traced on the meta device is built and measured for real
+        return
+    have = machine_memory_bytes()
+    if need > have:
+        gib = 2**30
+        raise ValueError(
+            f"{name} at {img_size} px needs at least {need / gib:,.1f} GiB for a single image's forward pass; this "
+            f"machine has {have / gib:,.1f} GiB. Choose a smaller image size.")
+
+
+def _check_pretrained_tag(name: str) -> None:
+    """``arch.tag`` names one of timm's released weight sets; an unknown tag is explained with the ones there are."""
+    arch, _, tag = name.partition(".")
+    known = timm.list_pretrained(f"{arch}.*")
+    if name not in known:
+        tags = ", ".join(k.partition(".")[2] for k in known) or "none"
+        raise ValueError(
+            f"{arch!r} has no pretrained tag {tag!r}. The part after the dot picks one of timm's released weight "
+            f"sets (and the preprocessing they were trained with); {arch}'s tags are: {tags}. Leave the tag off "
+            "for the default.")
+
+
 def create(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: object) -> nn.Module:
     """Build the timm model ``name`` in eval mode.
 
     ``img_size`` is passed to the models whose constructor takes it (transformers, whose position
     embeddings depend on it); models without that argument (CNNs such as ResNet-50) take any input
-    size as built, so they are built without it. FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
+    size as built, so they are built without it. An ``img_size`` that must be positive, and whose forward pass
+    clearly exceeds this machine's memory (:func:`forward_bytes`), is refused before anything is allocated.
+    FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
     :func:`vitsurvey.measure.count_macs` registers a counter for it, so the fused (fast) path stays on
     and is still counted. ``pretrained=True`` downloads weights and so needs a network.
     """
@@ -402,7 +474,12 @@ def create(name: str, pretrained: bool = False, img_size: int | None = None, **k
             f"Unknown model {name!r}: timm has no such architecture.{hint} "
             "List the names with timm.list_models('*pattern*')."
         )
+    if "." in name:
+        _check_pretrained_tag(name)
     if img_size is not None:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
+            raise ValueError(f"img_size must be a positive whole number of pixels, not {img_size!r}.")
+        _check_fits(name, img_size, kwargs)
         try:
             return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs).eval()
         except TypeError as exc:

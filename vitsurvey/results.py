@@ -5,21 +5,33 @@ measured on different machines or profiles can sit in one file and still be told
 
 Atomic: the new file is written beside the old one and moved over it with ``os.replace``; a crash
 mid-write leaves the previous file intact and no partial file under the final name.
+
+Locked: appending is read-modify-replace, so two processes appending at once would each replace the file with
+their own rows and one writer's rows would be lost. Every write holds an advisory lock on a hidden file beside
+the results file (``filelock``; the kernel drops it when a writer dies, so a killed writer never blocks the
+next). Under the lock, temporary files an interrupted writer left behind are removed.
+
+Checked: a results file is parsed strictly before anything is appended to it. A damaged file (cut off
+mid-row, an unclosed quote, empty, binary, a foreign header) is refused with its name and line and never
+rewritten, so a damaged file is never "repaired" into silently wrong numbers.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as _dt
+import io
 import os
 import platform
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 
 ENV_OUTPUT = "VITSURVEY_OUTPUT"
 COLUMNS = [
@@ -40,11 +52,24 @@ def repository_root() -> Path | None:
     return None
 
 
+class OutputDirError(ValueError):
+    """``$VITSURVEY_OUTPUT`` names something that cannot hold the outputs (a file)."""
+
+
 def project_root() -> Path:
     """Where outputs (results, figures, checkpoints) go: ``$VITSURVEY_OUTPUT`` if set, else the
-    repository, else the working directory."""
+    repository, else the working directory. A ``$VITSURVEY_OUTPUT`` that is (or lies under) a file is an
+    error here, before anything tries to write below it."""
     if os.environ.get(ENV_OUTPUT):
-        return Path(os.environ[ENV_OUTPUT]).expanduser()
+        root = Path(os.environ[ENV_OUTPUT]).expanduser()
+        for d in (root, *root.parents):
+            if d.exists():
+                if not d.is_dir():
+                    raise OutputDirError(
+                        f"${ENV_OUTPUT} is {root}, but {d} is a file, not a directory; point ${ENV_OUTPUT} at a "
+                        "directory (it is created if missing), or unset it to write into the repository.")
+                break
+        return root
     return repository_root() or Path.cwd()
 
 
@@ -123,15 +148,52 @@ def _as_dict(row: Any) -> dict[str, Any]:
     raise TypeError(f"A results row must be a mapping or a dataclass record, not {type(row).__name__}.")
 
 
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``: a reader sees
-    the old file or the new one, never half of one. The file gets the permissions a plain ``open`` would give
-    (the temporary file's private mode is not kept)."""
+LOCK_TIMEOUT_S = 600.0
+"""How long a writer waits for another to finish with the same file before giving up."""
+
+
+def _lock(path: Path) -> FileLock:
+    """The lock every writer of ``path`` holds: ``.<name>.lock`` beside it (kept, empty; a lock file that is
+    removed while held would let a third writer in)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+
+
+def _held(lock: FileLock) -> FileLock:
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TimeoutError(
+            f"Another process has been writing {Path(lock.lock_file).name[1:-5]} for {LOCK_TIMEOUT_S:.0f} s "
+            f"(it holds {lock.lock_file}); wait for it to finish, or stop it.") from None
+    return lock
+
+
+def _stale_temporaries(path: Path) -> list[Path]:
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then ``os.replace``:
+    a reader sees the old file or the new one, never half of one. Holds ``path``'s lock, so concurrent writers
+    take turns, and first removes temporary files that interrupted writers left (only a writer holding the lock
+    makes them). The file gets the permissions a plain ``open`` would give, not the temporary file's private mode."""
+    with _held(_lock(path)):
+        _write_locked(path, write)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`write_atomic`."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_locked(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    for stale in _stale_temporaries(path):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         mask = os.umask(0)
@@ -141,11 +203,6 @@ def write_text_atomic(text: str, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` atomically (:func:`write_text_atomic`)."""
-    write_text_atomic(frame.to_csv(index=False), path)
 
 
 def append(
@@ -161,17 +218,63 @@ def append(
     if new.empty:
         raise ValueError("No rows to append.")
     path = results_dir() / f"{Path(stem).stem}.csv"
-    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
-    frame = pd.concat([old, new], ignore_index=True) if not old.empty else new
-    for c in COLUMNS:
-        if c not in frame.columns:
-            frame[c] = pd.NA
-    # convert_dtypes keeps whole numbers whole (no "64.0") in columns that other rows leave empty
-    write_csv_atomic(frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]].convert_dtypes(), path)
+    with _held(_lock(path)):  # read, add, replace: one writer at a time, or rows are lost
+        old = read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+        frame = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        for c in COLUMNS:
+            if c not in frame.columns:
+                frame[c] = pd.NA
+        # convert_dtypes keeps whole numbers whole (no "64.0") in columns that other rows leave empty
+        frame = frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]].convert_dtypes()
+        text = frame.to_csv(index=False)
+        _write_locked(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 
+class ResultsFileError(ValueError):
+    """A results file that cannot be trusted: cut off, binary, or not written by :func:`append`."""
+
+
+def _damaged(path: Path, line: int | None, what: str) -> ResultsFileError:
+    where = f"{path}, line {line}" if line else str(path)
+    return ResultsFileError(
+        f"{where}: {what}. The file is left as it is and nothing was added to it; restore it from version "
+        "control, or move it aside to start a new one.")
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """A results file, parsed strictly: every row has the header's fields, the header begins with
+    :data:`COLUMNS`, the file is UTF-8 text that ends with a newline (every file :func:`append` writes does;
+    one that does not was cut off mid-row). Raises :class:`ResultsFileError` naming the file and line."""
+    raw = path.read_bytes()
+    if not raw:
+        raise _damaged(path, None, "the file is empty (a results file always has a header line)")
+    if b"\0" in raw:
+        raise _damaged(path, raw[: raw.index(b"\0")].count(b"\n") + 1, "binary content (a NUL byte), not CSV text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, raw[: exc.start].count(b"\n") + 1, "bytes that are not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+        if header[: len(COLUMNS)] != COLUMNS:
+            raise _damaged(path, 1, f"the header does not begin with {','.join(COLUMNS)}; this is not a results "
+                                    "file written by vitsurvey")
+        for row in reader:
+            if len(row) != len(header):
+                raise _damaged(path, reader.line_num, f"{len(row)} fields where the header has {len(header)} "
+                                                      "(a row cut off or written by hand)")
+    except csv.Error as exc:
+        raise _damaged(path, reader.line_num, f"not valid CSV ({exc}; e.g. a quote that is never closed)") from None
+    if not text.endswith("\n"):
+        raise _damaged(path, reader.line_num, "the last row is cut off (the file does not end with a newline, as "
+                                              "if a write was interrupted)")
+    return pd.read_csv(io.StringIO(text))
+
+
 def read(stem: str) -> pd.DataFrame:
-    """The results of one notebook (an empty frame with the standard columns if none yet)."""
+    """The results of one notebook (an empty frame with the standard columns if none yet); a damaged file
+    raises :class:`ResultsFileError`."""
     path = results_dir() / f"{Path(stem).stem}.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    return read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)

@@ -14,8 +14,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from . import data as vdata
 from . import mixers
 from .models import ViTConfig, VisionTransformer, small_resnet
 from .profiles import Profile
-from .results import project_root
+from .results import project_root, write_atomic
 
 Outputs = Tensor | tuple[Tensor, ...]
 """What a model returns in training mode: logits, or one logits tensor per head (a distillation token's
@@ -241,46 +243,106 @@ def checkpoint_path(profile: Profile, kind: str = "baseline") -> Path:
 
 
 def save(model: nn.Module, result: TrainResult, path: Path, settings: dict) -> None:
-    """Save weights, the ViT config (for a ViT), training record and training settings; atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "config": asdict(model.cfg) if isinstance(model, VisionTransformer) else None,
-            "state_dict": model.state_dict(),
-            "result": asdict(result),
-            "trained_with": settings,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    """Save weights, the ViT config (for a ViT), training record and training settings; atomically and
+    under the file's lock (:func:`vitsurvey.results.write_atomic`)."""
+    checkpoint = {
+        "config": asdict(model.cfg) if isinstance(model, VisionTransformer) else None,
+        "state_dict": model.state_dict(),
+        "result": asdict(result),
+        "trained_with": settings,
+    }
+    write_atomic(path, lambda f: torch.save(checkpoint, f))
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded into the model it should hold: empty, cut off, corrupt, holding
+    more than tensors, or saved from a different model."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was set aside or could not be written; training went on."""
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in words (torch's own message advises loading the file unsafely)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+        return "it holds Python objects beyond tensors, numbers and strings, which are never loaded (loading them can run code)"
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive: this one is damaged
+    if zipped or isinstance(exc, EOFError):
+        return "it is cut off (a write that did not finish) or corrupt"
+    return "it is not a file torch.save wrote, or it is corrupt"
 
 
 def load(path: Path, build: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, TrainResult, dict]:
     """A saved model, its training record, and the training settings (a dict) that produced it.
-    ``build`` makes the empty model to load into (default: the ViT the checkpoint's config describes)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build() if build is not None else VisionTransformer(ViTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), TrainResult(**ckpt["result"]), ckpt.get("trained_with", {})
+    ``build`` makes the empty model to load into (default: the ViT the checkpoint's config describes).
+
+    Only tensors and plain containers are unpickled (``weights_only=True``). A file that cannot be loaded
+    raises :class:`CheckpointError` naming it and saying why."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before failing on it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"Checkpoint {path} cannot be loaded: {_unreadable(path, exc)}.") from None
+    needed = {"state_dict", "result"} | ({"config"} if build is None else set())
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise CheckpointError(f"Checkpoint {path} is not a vitsurvey checkpoint (it lacks "
+                              f"{', '.join(sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed))}).")
+    try:
+        model = build() if build is not None else VisionTransformer(ViTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        result = TrainResult(**ckpt["result"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"Checkpoint {path} does not fit the model it should hold: {first}") from None
+    return model.eval(), result, ckpt.get("trained_with", {})
+
+
+def _set_aside(path: Path, why: CheckpointError) -> None:
+    """Move an unloadable checkpoint to ``<name>.damaged`` (kept for inspection, never loaded) and warn."""
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        os.replace(path, aside)
+        where = f"moved it to {aside.name}"
+    except OSError as exc:
+        where = f"could not move it aside ({exc.strerror or exc})"
+    warnings.warn(f"{why} {where.capitalize()}; training the model again.", CheckpointWarning, stacklevel=4)
 
 
 def _trained_once(
     kind: str, build: Callable[[], nn.Module], profile: Profile, root: str | Path | None, retrain: bool,
     log: Callable[[str], None] | None,
 ) -> tuple[nn.Module, TrainResult]:
-    """Load ``kind`` from ``checkpoints/`` if it was trained with these settings, else train and save it."""
+    """Load ``kind`` from ``checkpoints/`` if it was trained with these settings, else train and save it.
+
+    A checkpoint that cannot be loaded is set aside and the model retrained; a checkpoint folder that cannot
+    be written loses nothing but the cache: the trained model is returned with a warning."""
     path, settings = checkpoint_path(profile, kind), _training_settings(profile, kind)
     if path.exists() and not retrain:
-        model, result, trained_by = load(path, build)
-        if trained_by == settings:
-            return model, result
+        try:
+            model, result, trained_by = load(path, build)
+        except CheckpointError as exc:
+            _set_aside(path, exc)
+        else:
+            if trained_by == settings:
+                return model, result
     seed_everything(profile.seed)
     model = build()
     train_loader, test_loader = vdata.loaders(profile, root)
     result = fit(model, train_loader, test_loader, profile, log=log)
-    save(model.cpu().eval(), result, path, settings)
-    return model, result
+    try:
+        save(model.cpu().eval(), result, path, settings)
+    except OSError as exc:
+        warnings.warn(
+            f"The trained {kind} could not be saved to {path} ({exc.strerror or exc}); it is used now but not kept, "
+            f"so the next run trains it again. Make {path.parent} writable, or set $VITSURVEY_OUTPUT to a "
+            "writable directory.", CheckpointWarning, stacklevel=3)
+    return model.cpu().eval(), result
 
 
 def baseline(
