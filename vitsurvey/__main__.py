@@ -337,8 +337,9 @@ def leaderboard(args: argparse.Namespace) -> int:
     except board_.NoResults as exc:
         print(exc, file=sys.stderr)
         return 1
+    table = board_.format_board(board, args.sort)  # a bad --sort fails before anything is printed
     print(board_.describe_run(board))
-    print(board_.format_board(board, args.sort))
+    print(table)
     return 0
 
 
