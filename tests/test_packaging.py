@@ -16,6 +16,46 @@ def test_binder_environment_matches_the_root_one():
     assert (ROOT / "binder" / "postBuild").stat().st_mode & 0o111
 
 
+CONDA_NAMES = {"torch": "pytorch-cpu", "matplotlib": "matplotlib-base"}
+"""conda-forge's names for the CPU builds of what PyPI calls otherwise."""
+
+
+def _pyproject_deps() -> dict[str, str]:
+    """Every dependency of the package and its dev extra, as conda would name it -> its version range."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = {}
+    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", req).groups()
+        out[CONDA_NAMES.get(name.lower(), name.lower())] = spec.replace(" ", "")
+    return out
+
+
+def test_conda_and_binder_environments_agree_with_pyproject_on_every_dependency():
+    import re
+
+    wanted = _pyproject_deps()
+    for env in (ROOT / "environment.yml", ROOT / "binder" / "environment.yml"):
+        listed = {}
+        for dep in _conda_deps(env):
+            name, spec = re.match(r"- ([A-Za-z0-9_.-]+)\s*(.*)", dep).groups()
+            listed[name] = spec
+        listed.pop("python"), listed.pop("pip")
+        assert listed == wanted, f"{env.relative_to(ROOT)} differs from pyproject.toml: " + ", ".join(
+            f"{k}: {listed.get(k, 'missing')} vs {wanted.get(k, 'missing')}"
+            for k in sorted(set(listed) | set(wanted)) if listed.get(k) != wanted.get(k))
+
+
+def test_constraints_pin_every_dependency():
+    pins = {line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")}
+    inverse = {v: k for k, v in CONDA_NAMES.items()}
+    missing = sorted(inverse.get(n, n) for n in _pyproject_deps() if inverse.get(n, n) not in pins)
+    assert not missing, f"constraints.txt pins no version of {missing}"
+
+
 def test_constraints_pin_a_portable_torch():
     pins = dict(
         line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
