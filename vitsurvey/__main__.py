@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | leaderboard``."""
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | train | leaderboard``."""
 
 from __future__ import annotations
 
@@ -328,6 +328,102 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_model(name: str, profile, channels: int, classes: int, img_size: int):
+    """``baseline`` (the profile's ViT), ``teacher`` (its small ResNet), a token mixer's ViT (``mixer:NAME``), or
+    any timm model by name, sized for the data set."""
+    from . import mixers, models, train as train_
+
+    cfg = train_.baseline_config(profile)
+    if name == "baseline":
+        return models.VisionTransformer(cfg)
+    if name == "teacher":
+        return models.small_resnet(channels, classes, profile.teacher_channels)
+    if name.startswith("mixer:"):
+        mixer = name.split(":", 1)[1]
+        if mixer not in mixers.MIXERS:
+            raise ValueError(f"unknown token mixer {mixer!r}; valid: {', '.join(mixers.MIXERS)}")
+        return models.VisionTransformer(cfg.with_mixer(mixer))
+    return models.create(name, img_size=img_size, in_chans=channels, num_classes=classes)
+
+
+def _initialise(model, path: Path) -> tuple[int, int]:
+    """Load the weights of a training state or checkpoint into ``model`` where names and shapes agree (fine-tuning
+    after pre-training on another label set keeps everything but the head); tensors-only loading."""
+    import torch
+
+    from .train import CheckpointError
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        weights = saved.get("model") or saved["state_dict"]
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"--init {path} holds no weights this command can read ({type(exc).__name__}).") from None
+    own = model.state_dict()
+    kept = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not kept:
+        raise ValueError(f"--init {path} shares no weights with this model; was it trained for another architecture?")
+    model.load_state_dict(kept, strict=False)
+    return len(kept), len(own)
+
+
+def train_model(args: argparse.Namespace) -> int:
+    """Train one model on one data set, in one process or, under ``torchrun``, in several with DDP."""
+    import torch
+
+    from . import data, distributed, measure, profiles, results, train as train_
+
+    for flag in ("epochs", "batch_size", "train_samples", "test_samples"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    prof = profiles.get_profile(args.profile, resolve_data=False)
+    changes = {k: getattr(args, k) for k in ("epochs", "batch_size", "train_samples", "test_samples", "lr")
+               if getattr(args, k) is not None}
+    if args.dataset:
+        changes["dataset"] = args.dataset
+    if args.no_augment:
+        changes["augment"] = False
+    prof = prof.replace(**changes)
+    if args.root is None:
+        prof = data.resolve(prof)
+    ctx = distributed.init(prof.device)
+    try:
+        info = data.DATASETS[prof.dataset]
+        train_loader, test_loader = data.loaders(prof, args.root)
+        x0 = test_loader.dataset[0][0]
+        channels, size = int(x0.shape[0]), int(x0.shape[-1])
+        found = getattr(getattr(train_loader.dataset, "dataset", train_loader.dataset), "classes", None)  # ImageFolder
+        classes = len(found) if found else info.num_classes or train_.baseline_config(prof).num_classes
+        train_.seed_everything(prof.seed)
+        model = _training_model(args.model, prof, channels, classes, size)
+        if args.init:
+            kept, total = _initialise(model, Path(args.init))
+            if ctx.main:
+                print(f"initialised {kept} of {total} tensors from {args.init} (the others, e.g. a head for another "
+                      "set of classes, start fresh)")
+        state = Path(args.checkpoint) if args.checkpoint else (
+            results.project_root() / "checkpoints" / f"train_{args.model.replace(':', '-')}_{prof.name}_{prof.dataset}.pt")
+        log = print if ctx.main else None
+        if log:
+            log(f"training {args.model} on {data.describe(prof.dataset)} ({len(train_loader.dataset)} images), "
+                f"{ctx.world} process(es) on {ctx.device}, global batch {prof.batch_size}; state: {state}")
+        result = train_.fit(model, train_loader, test_loader, prof.replace(device=str(ctx.device)), log=log,
+                            prepare=distributed.prepare(ctx, prof.seed), resume=state)
+        if ctx.main:
+            model = model.cpu().eval()
+            row = {"method": args.model, "setting": f"{prof.epochs} epochs, {ctx.world} process(es)",
+                   "params": measure.count_params(model),
+                   "macs": measure.count_macs(model, torch.zeros(1, channels, size, size)).total,
+                   "top1": result.top1, "batch_size": prof.batch_size, "dataset": prof.dataset,
+                   "epochs": prof.epochs, "world_size": ctx.world, "train_seconds": result.train_seconds,
+                   "train_img_per_s": result.train_img_per_s * ctx.world}
+            path = results.append("train", [row], prof.name, ctx.device)
+            print(f"test top-1 {result.top1:.2f}% after {prof.epochs} epochs -> {path.name}; state in {state.name}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
 def leaderboard(args: argparse.Namespace) -> int:
     """Print the newest leaderboard from the results file; nothing is rerun."""
     from . import leaderboard as board_
@@ -364,6 +460,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto; default: the notebooks' own choice")
     r.add_argument("--out", default=None, help="directory for executed notebooks (default: in place)")
     r.set_defaults(func=run)
+    t = sub.add_parser("train", help="train a model on a data set, in one process or under torchrun with DDP")
+    t.add_argument("--model", default="baseline",
+                   help="baseline (the profile's ViT), teacher (its ResNet), mixer:NAME, or a timm model name")
+    t.add_argument("--dataset", default=None, help="fashion_mnist, cifar10, cifar100, imagefolder, ... "
+                                                   "(default: the profile's)")
+    t.add_argument("--root", default=None, help="where the data set lives (an ImageFolder's root)")
+    t.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default): sizes and schedule")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="the global batch, split among the processes")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--train-samples", type=int, default=None)
+    t.add_argument("--test-samples", type=int, default=None)
+    t.add_argument("--init", default=None, help="start from the weights of a training state or checkpoint (e.g. "
+                   "pre-trained on another data set); layers whose shape differs, like the head, start fresh")
+    t.add_argument("--no-augment", action="store_true", help="no random shifts and flips (with them, each process "
+                   "draws its own, so a run on several processes matches one process in distribution, not bit for bit)")
+    t.add_argument("--checkpoint", default=None, help="training state file, written each epoch by rank 0 and "
+                                                      "resumed from (default: checkpoints/train_<model>_...pt)")
+    t.set_defaults(func=train_model)
     b = sub.add_parser("leaderboard", help="print the newest leaderboard (notebook 12's results) without rerunning")
     b.add_argument("--sort", default=None, help="the column to order by (default: top1); costs ascending")
     b.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: the profile measured last)")

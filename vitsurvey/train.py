@@ -112,13 +112,19 @@ def fit(
     loss: Loss | None = None,
     log: Callable[[str], None] | None = print,
     prepare: Prepare | None = None,
+    resume: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch.
 
     ``loss`` is the objective (default :func:`label_loss`); it sees the images after augmentation, so a
     teacher that it calls sees what the student sees. ``prepare`` wraps model, AdamW optimiser and training
     loader before the first step; with it, gradient clipping is left to the wrapped optimiser (a private one
-    clips every image's gradient, which the usual clipping of the batch's gradient would distort)."""
+    clips every image's gradient, which the usual clipping of the batch's gradient would distort).
+
+    ``resume``: a file that holds the whole training state (weights, optimiser, schedule, augmentation
+    generator, epoch, history), written after every epoch (by rank 0 only, under ``torch.distributed``). A run
+    that finds it continues after its last epoch and ends where an uninterrupted run would; a file written by
+    a different training is refused."""
     objective = loss or label_loss
     device = torch.device(device or profile.device)
     seed_everything(profile.seed)
@@ -146,8 +152,21 @@ def fit(
     use_amp = profile.amp and device.type == "cuda"
     gen = torch.Generator().manual_seed(profile.seed)
     history: list[dict[str, float]] = []
-    seen, start = 0, time.perf_counter()
-    for epoch in range(profile.epochs):
+    seen, before, first = 0, 0.0, 0
+    settings = {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS and k != "baseline"}
+    if resume is not None and Path(resume).exists():
+        state = _training_state(Path(resume), settings)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        first, history, seen, before = state["epoch"], state["history"], state["seen"], state["seconds"]
+        if log is not None:
+            log(f"resuming from {Path(resume).name} after epoch {first}/{profile.epochs}")
+    start = time.perf_counter()
+    for epoch in range(first, profile.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):  # a distributed sampler reshuffles by epoch
+            train_loader.sampler.set_epoch(epoch)
         net.train()
         running, images = 0.0, 0
         for x, y in train_loader:
@@ -169,10 +188,32 @@ def fit(
         seen += images
         top1 = evaluate(model, test_loader, device)
         history.append({"epoch": epoch + 1, "loss": running / max(images, 1), "test_top1": top1})
+        if resume is not None and _is_main_process():
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "generator": gen.get_state(), "epoch": epoch + 1, "history": history, "seen": seen,
+                     "seconds": before + time.perf_counter() - start, "trained_with": settings}
+            write_atomic(Path(resume), lambda f: torch.save(state, f))
         if log is not None:
             log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / max(images, 1):.3f}, test top-1 {top1:.2f}%")
-    elapsed = time.perf_counter() - start
-    return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / elapsed, history)
+    elapsed = before + time.perf_counter() - start
+    return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / max(elapsed, 1e-9), history)
+
+
+def _is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _training_state(path: Path, settings: dict) -> dict:
+    """A saved training state, loaded tensors-only; one from another training is refused by name."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"Training state {path} cannot be loaded: {_unreadable(path, exc)}; delete it to "
+                              "start the training afresh.") from None
+    if not isinstance(state, dict) or state.get("trained_with") != settings:
+        raise CheckpointError(f"Training state {path} was written by a training with other settings; delete it to "
+                              "start afresh, or resume with the settings that wrote it.")
+    return state
 
 
 def finetune(
