@@ -1,18 +1,22 @@
 # The README's two commands:
 #   make run    set up .venv/ and execute every notebook headlessly (default profile)
 #   make test   set up .venv/ and run the unit tests and nbval over the notebooks (smoke profile)
+#   make book   a static HTML site of the stored notebooks in build/book (nothing is executed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test book setup clean
 
 run: $(STAMP)
 	$(BIN)/python -m vitsurvey run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+book: $(STAMP)
+	$(BIN)/python -m vitsurvey book
 
 setup: $(STAMP)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | train | leaderboard``."""
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | train | book | leaderboard``."""
 
 from __future__ import annotations
 
@@ -424,6 +424,20 @@ def train_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def book(args: argparse.Namespace) -> int:
+    """Build the static site of the stored notebooks (nothing is executed)."""
+    from . import book as book_
+    from .results import repository_root
+
+    repo = repository_root()
+    if repo is None:
+        raise ValueError("the site is built from a checkout of the repository; run this inside one")
+    out = Path(args.out) if args.out else repo / "build" / "book"
+    pages = book_.build(repo, out)
+    print(f"{len(pages) - 1} notebooks -> {pages[0]}")
+    return 0
+
+
 def leaderboard(args: argparse.Namespace) -> int:
     """Print the newest leaderboard from the results file; nothing is rerun."""
     from . import leaderboard as board_
@@ -479,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--checkpoint", default=None, help="training state file, written each epoch by rank 0 and "
                                                       "resumed from (default: checkpoints/train_<model>_...pt)")
     t.set_defaults(func=train_model)
+    k = sub.add_parser("book", help="a static HTML site of the stored, executed notebooks, in reading order")
+    k.add_argument("--out", default=None, help="where to write it (default: build/book)")
+    k.set_defaults(func=book)
     b = sub.add_parser("leaderboard", help="print the newest leaderboard (notebook 12's results) without rerunning")
     b.add_argument("--sort", default=None, help="the column to order by (default: top1); costs ascending")
     b.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: the profile measured last)")
