@@ -214,12 +214,14 @@ def _run_one(path: Path, dest: Path, params: dict, tmp: str) -> str | None:
     """Execute one notebook into ``tmp`` and, if it succeeds, put it at ``dest``; return None, or what failed."""
     import papermill
     from nbclient.exceptions import DeadKernelError
+
+    from . import progress
     from papermill.exceptions import PapermillExecutionError
 
     try:
         papermill.execute_notebook(
             str(path), tmp, parameters=params, kernel_name="python3", cwd=str(path.parent),
-            progress_bar=False, log_output=False,
+            progress_bar=progress.wanted(), log_output=False,  # a bar over the cells, in a terminal only
             # the kernel's own log (transport warnings at start-up, a handler's traceback when it is shut down
             # mid-cell after Ctrl-C) is not the notebook's output; the cells' errors still reach the notebook
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
@@ -257,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     finished: a failed or interrupted run leaves the stored notebook as it was and no temporary copy behind.
     Exit status: 0 done, 1 a notebook failed (the executed copy is kept as ``<name>.failed.ipynb``), 2 bad
     arguments, 130 / 143 stopped by Ctrl-C / SIGTERM."""
-    from . import profiles
+    from . import profiles, progress
 
     if args.profile is not None and args.profile not in profiles.VALID_NAMES:
         raise ValueError(f"unknown profile {args.profile!r}; valid: {', '.join(profiles.VALID_NAMES)}")
@@ -275,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
                 current = path
                 dest = (out_dir or path.parent) / path.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                print(f"[{i}/{len(paths)}] {path.stem} ...", end=" ", flush=True)
+                print(f"[{i}/{len(paths)}] {path.stem} ...", end="\n" if progress.wanted() else " ", flush=True)
                 start = time.perf_counter()
                 tmp = str(Path(scratch) / path.name)
                 failure = _run_one(path, dest, params, tmp)

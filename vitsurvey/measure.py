@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from . import mixers
+from . import mixers, progress
 from .metrics import Spread
 from .models import ViTConfig
 
@@ -514,7 +514,7 @@ def relative_throughput(
     if floor is True:
         floor = rerun_floor(device)
     timings = Timings({n: [] for n in names}, reference, batches, floor or None)
-    for k in range(max_rounds):
+    for k in progress.bar(range(max_rounds), "timing rounds"):
         for name in names[k % len(names):] + names[: k % len(names)]:
             rate = throughput(models[name], shapes[name], (batches[name],), device, warmup=warmup, iters=iters,
                               min_seconds=min_seconds).img_per_s
@@ -626,7 +626,7 @@ def calibrate_reruns(
             "p = profiles.get_profile(sys.argv[1], resolve_data=False); "
             "print('CALIBRATION ' + json.dumps(measure.calibration_run(p, sys.argv[2], sys.argv[3] or None)))")
     medians: dict[str, list[float]] = {}
-    for k in range(runs):
+    for k in progress.bar(range(runs), "calibration runs"):
         if k:
             time.sleep(pause_s)
         companion = companion_of_run(profile, k) or ""
@@ -1083,7 +1083,7 @@ def benchmark_models(
     rows: list[dict[str, Any]] = []
     kept: dict[str, nn.Module] = {}
     dev = torch.device(device or profile.device)
-    for name in names:
+    for name in progress.bar(names, "models"):
         try:
             model = create(name)
         except ValueError as exc:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import data as vdata
-from . import mixers
+from . import mixers, progress
 from .models import ViTConfig, VisionTransformer, small_resnet
 from .profiles import Profile
 from .results import project_root, write_atomic
@@ -169,7 +169,7 @@ def fit(
             train_loader.sampler.set_epoch(epoch)
         net.train()
         running, images = 0.0, 0
-        for x, y in train_loader:
+        for x, y in progress.bar(train_loader, f"epoch {epoch + 1}/{profile.epochs}"):
             if not len(y):  # a private loader samples every image independently: a batch can be empty
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

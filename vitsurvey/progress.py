@@ -1,0 +1,39 @@
+"""Progress bars where someone watches a terminal, and nowhere else.
+
+Long work (training epochs, benchmarking sweeps, calibration runs, notebooks executed by ``python -m vitsurvey
+run``) shows a tqdm bar when standard error is a terminal. In a notebook, a log file or CI it shows nothing: a
+text bar would leave carriage-return debris in the stored outputs, and a widget bar needs ipywidgets and a
+live front end. ``$VITSURVEY_PROGRESS`` set to 1 or 0 overrides the guess.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+ENV_VAR = "VITSURVEY_PROGRESS"
+T = TypeVar("T")
+
+
+def wanted() -> bool:
+    """Whether to draw bars: ``$VITSURVEY_PROGRESS`` if set, else whether standard error is a terminal."""
+    setting = os.environ.get(ENV_VAR, "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def bar(items: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T] | Iterator[T]:
+    """``items`` with a tqdm bar on standard error when :func:`wanted`, else ``items`` themselves, untouched."""
+    if not wanted():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=leave, dynamic_ncols=True, file=sys.stderr)
