@@ -30,9 +30,9 @@ def test_two_gloo_processes_take_the_steps_of_one_process(tmp_path, monkeypatch)
     monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
     assert main([*ARGS, "--checkpoint", str(tmp_path / "one.pt")]) == 0
     env = {**os.environ, "VITSURVEY_OUTPUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vitsurvey",
-                          *ARGS, "--checkpoint", str(tmp_path / "two.pt")], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # a free port
+    run = subprocess.run([*torchrun, "-m", "vitsurvey", *ARGS, "--checkpoint", str(tmp_path / "two.pt")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     one, two = _weights(tmp_path / "one.pt"), _weights(tmp_path / "two.pt")
     assert one.keys() == two.keys()
