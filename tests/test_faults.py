@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -241,76 +240,6 @@ def test_a_truncated_plain_idx_says_what_to_do(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command line
-def _notebook(path: Path, cells: list[str]) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t")]
-                                  + [nbformat.v4.new_code_cell(c) for c in cells])
-    nb.cells[1].metadata["tags"] = ["parameters"]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-def test_a_dead_kernel_names_the_notebook_and_the_cell(tmp_path, capsys):
-    src = _notebook(tmp_path / "05_dies.ipynb", ['profile = "auto"', "x = 1", "import os\nos.kill(os.getpid(), 9)"])
-    original = src.read_bytes()
-    assert main(["run", str(src)]) == 1
-    err = capsys.readouterr().err
-    assert "05_dies.ipynb: the kernel died" in err and "cell 4 of 4 (it begins `import os`)" in err
-    assert src.read_bytes() == original
-
-
-def test_a_failing_cell_is_numbered_as_the_reader_sees_it_and_the_failed_run_kept(tmp_path, capsys):
-    src = _notebook(tmp_path / "06_fails.ipynb", ['profile = "auto"', "x = 1", "raise ValueError('boom')"])
-    out = tmp_path / "out"
-    assert main(["run", str(src), "--out", str(out), "--profile", "smoke"]) == 1
-    err = capsys.readouterr().err
-    assert "failed in cell 4 of 4 (it begins `raise ValueError('boom')`): ValueError: boom" in err
-    kept = out / "06_fails.failed.ipynb"
-    assert kept.exists() and str(kept) in err
-    assert sorted(p.name for p in out.iterdir()) == ["06_fails.failed.ipynb"]
-
-
-SLOW = ['profile = "auto"', "import time\ntime.sleep(120)"]
-
-
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_run_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, signum, status):
-    src = _notebook(tmp_path / "07_slow.ipynb", SLOW)
-    original = src.read_bytes()
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch)}
-    proc = subprocess.Popen([sys.executable, "-m", "vitsurvey", "run", str(src)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            # as from a terminal: a shell's background job would start with Ctrl-C ignored
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not any(scratch.glob("vitsurvey-run-*/07_slow.ipynb")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # papermill writes its output notebook once the kernel runs the first cell
-    time.sleep(0.3)  # the kernel is still starting: the hardest moment to stop cleanly
-    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)  # Ctrl-C hits the group
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == status, err
-    assert "Traceback" not in err and "stopped" in err and "07_slow.ipynb" in err
-    assert src.read_bytes() == original
-    time.sleep(1.0)  # anything the run left running would write now
-    left = [p.name for p in scratch.rglob("*") if p.suffix in (".ipynb", ".json") or p.name.startswith("vitsurvey-")]
-    assert not left, "a temporary notebook copy or kernel file was left behind"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["07_slow.ipynb", "tmp"]
-
-
-def test_run_with_a_prefix_that_matches_several_lists_them(capsys):
-    assert main(["run", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "matches" in err and "00_tour" in err and "01_vit_anatomy" in err and "Traceback" not in err
-
-
-def test_run_out_pointing_at_a_file_is_an_error(tmp_path, capsys):
-    (tmp_path / "file").write_text("x")
-    assert main(["run", "00_tour", "--out", str(tmp_path / "file")]) == 2
-    assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
-
-
 def test_an_image_size_beyond_the_machine_is_refused_before_allocating(capsys):
     start = time.perf_counter()
     assert main(["profile", "vit_tiny_patch16_224", "--img-size", "100000", "--profile", "smoke"]) == 2

@@ -77,16 +77,10 @@ def profile_model(args: argparse.Namespace) -> int:
 
     prof = profiles.get_profile(args.profile)
     if args.img_size is not None and args.img_size <= 0:
-        print(f"error: --img-size must be a positive number of pixels, not {args.img_size}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--img-size must be a positive number of pixels, not {args.img_size}")
     if args.batch_size is not None and args.batch_size <= 0:
-        print(f"error: --batch-size must be a positive number of images, not {args.batch_size}", file=sys.stderr)
-        return 2
-    try:
-        model = models.create(args.model, img_size=args.img_size)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--batch-size must be a positive number of images, not {args.batch_size}")
+    model = models.create(args.model, img_size=args.img_size)
     shape = measure.input_shape_of(model, args.img_size)
     batches = (args.batch_size,) if args.batch_size is not None else None
     record = measure.benchmark(model, shape, prof, name=args.model, batch_sizes=batches, mem_batch=args.batch_size)

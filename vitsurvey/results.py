@@ -18,6 +18,7 @@ rewritten, so a damaged file is never "repaired" into silently wrong numbers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -25,7 +26,7 @@ import io
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -152,25 +153,21 @@ LOCK_TIMEOUT_S = 600.0
 """How long a writer waits for another to finish with the same file before giving up."""
 
 
-def _lock(path: Path) -> FileLock:
-    """The lock every writer of ``path`` holds: ``.<name>.lock`` beside it (kept, empty; a lock file that is
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock every writer of ``path`` takes: ``.<name>.lock`` beside it (kept, empty; a lock file that is
     removed while held would let a third writer in)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(path.with_name(f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
-
-
-def _held(lock: FileLock) -> FileLock:
+    lock = FileLock(path.with_name(f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except Timeout:
-        raise TimeoutError(
-            f"Another process has been writing {Path(lock.lock_file).name[1:-5]} for {LOCK_TIMEOUT_S:.0f} s "
-            f"(it holds {lock.lock_file}); wait for it to finish, or stop it.") from None
-    return lock
-
-
-def _stale_temporaries(path: Path) -> list[Path]:
-    return list(path.parent.glob(f".{path.name}.*.tmp"))
+        raise TimeoutError(f"Another process has been writing {path.name} for {LOCK_TIMEOUT_S:.0f} s (it holds "
+                           f"{lock.lock_file}); wait for it to finish, or stop it.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -178,7 +175,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     a reader sees the old file or the new one, never half of one. Holds ``path``'s lock, so concurrent writers
     take turns, and first removes temporary files that interrupted writers left (only a writer holding the lock
     makes them). The file gets the permissions a plain ``open`` would give, not the temporary file's private mode."""
-    with _held(_lock(path)):
+    with _locked(path):
         _write_locked(path, write)
 
 
@@ -188,7 +185,7 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 
 def _write_locked(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    for stale in _stale_temporaries(path):
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # only a writer holding the lock makes these
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -218,7 +215,7 @@ def append(
     if new.empty:
         raise ValueError("No rows to append.")
     path = results_dir() / f"{Path(stem).stem}.csv"
-    with _held(_lock(path)):  # read, add, replace: one writer at a time, or rows are lost
+    with _locked(path):  # read, add, replace: one writer at a time, or rows are lost
         old = read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
         frame = pd.concat([old, new], ignore_index=True) if not old.empty else new
         for c in COLUMNS:

@@ -153,7 +153,7 @@ def fit(
     gen = torch.Generator().manual_seed(profile.seed)
     history: list[dict[str, float]] = []
     seen, before, first = 0, 0.0, 0
-    settings = {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS and k != "baseline"}
+    settings = _training_settings(profile)
     if resume is not None and Path(resume).exists():
         state = _training_state(Path(resume), settings)
         model.load_state_dict(state["model"])
