@@ -354,6 +354,15 @@ def _imagefolder(root: str | Path | None, split: str, img_size: int, info: Datas
     return datasets.ImageFolder(str(folder), transform=tf)
 
 
+def tensor_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+                  seed: int = 0) -> DataLoader:
+    """A loader over tensors already in memory: in order, or shuffled by a seeded generator (then the last
+    short batch is dropped when there is at least one full batch, so batch statistics never see one image)."""
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None,
+                      drop_last=shuffle and len(labels) >= batch_size)
+
+
 def subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """A seeded random subset of ``n`` items (the whole set when ``n`` is None or too large)."""
     size = len(ds)  # type: ignore[arg-type]

@@ -28,6 +28,11 @@ from .models import ViTConfig
 
 ENV_VAR = "VITSURVEY_PROFILE"
 
+LABEL_SMOOTHING = 0.1
+"""Label smoothing of every cross-entropy on labels (as DeiT trains); fixed across profiles."""
+GRAD_CLIP = 1.0
+"""The gradient norm every training step clips to; fixed across profiles."""
+
 
 @dataclass(frozen=True)
 class Profile:

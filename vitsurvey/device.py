@@ -1,0 +1,103 @@
+"""The machine a number was measured on: device naming, CPU features, memory, threads.
+
+Two machines can both call themselves "AMD EPYC" and still differ by 2x in fp32 and far more in int8 or bf16,
+so a device's name here carries its vector instruction set and thread count. Reading ``/proc/cpuinfo`` happens
+in one place (:func:`cpuinfo`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "cpu_features", "cpuinfo", "device_name", "device_of", "machine_memory_bytes", "threads",
+]
+
+_CPU_FLAGS = {"avx512_vnni": "VNNI", "avx_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
+"""CPU features that change how fast low-precision kernels run (int8 dot products, bf16, matrix tiles)."""
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's entries of ``/proc/cpuinfo`` (``model name``, ``flags``, ...); empty where the
+    file does not exist (macOS, Windows)."""
+    entries: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if entries:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                entries.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return entries
+
+
+def cpu_features() -> dict[str, object]:
+    """The CPU's vector instruction set as torch dispatches to it, and its low-precision features.
+
+    ``int8_dot`` says whether int8 dot-product instructions (VNNI or AMX) exist, which int8 kernels need to
+    be fast; ``bf16`` whether bf16 instructions do.
+    """
+    flags = set(cpuinfo().get("flags", "").split())
+    extras = sorted({name for flag, name in _CPU_FLAGS.items() if flag in flags})
+    return {
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "extras": extras,
+        "int8_dot": "VNNI" in extras or "AMX" in extras,
+        "bf16": "BF16" in extras or "AMX" in extras,
+    }
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """A human name of the device: the GPU's product name, or the CPU's model, thread count and vector
+    instruction set (e.g. ``AMD EPYC (2 threads; AVX2)``), so rows from different CPUs that share a
+    model name are told apart."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = cpuinfo().get("model name") or platform.processor() or platform.machine()
+    features = cpu_features()
+    isa = " ".join([str(features["isa"]), *features["extras"]])  # type: ignore[list-item]
+    return f"{model} ({torch.get_num_threads()} threads; {isa})"
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any): inputs go there, results come back."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def machine_memory_bytes() -> int:
+    """The memory a model may use here: the GPU's if one is present, else the machine's RAM."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with torch limited to ``n`` intra-op threads, restoring the earlier count afterwards.
+
+    Why: on a 2-core machine two threads make every op wait for the slower one, so any other process stalls
+    all of them; per-core measurements (latency on the smallest machine) and batched SVDs of many small
+    matrices (where LAPACK's threads were seen to slow things 100-fold through oversubscription) run on one.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a whole number of at least 1, got {n!r}.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
