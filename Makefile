@@ -1,19 +1,23 @@
 # The README's two commands:
 #   make run    set up .venv/ and execute every notebook headlessly (default profile)
 #   make test   set up .venv/ and run the unit tests and nbval over the notebooks (smoke profile)
+#   make test-fast  the unit tests only: no notebooks, nothing marked slow (under 2 minutes on 2 cores)
 #   make book   a static HTML site of the stored notebooks in build/book (nothing is executed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test book setup clean
+.PHONY: run test test-fast book setup clean
 
 run: $(STAMP)
 	$(BIN)/python -m vitsurvey run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow" -q
 
 book: $(STAMP)
 	$(BIN)/python -m vitsurvey book

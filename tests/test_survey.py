@@ -6,13 +6,13 @@ from vitsurvey import survey
 
 @pytest.mark.parametrize("name", list(survey.SCHEMAS))
 def test_committed_tables_validate(name):
-    frame = survey.load(name)
+    frame = survey.read_reported(name)
     assert len(frame) > 0
     assert frame["source"].str.len().min() > 10
 
 
 def test_s3_table_holds_all_runs_and_reproduces_its_correlation():
-    runs = survey.load("s3_runs")
+    runs = survey.read_reported("s3_runs")
     assert len(runs) == 90 and runs["model"].nunique() == 35
     both = runs.dropna(subset=["gflops_s3", "train_mem_gib"])
     assert len(both) == 89
@@ -21,14 +21,14 @@ def test_s3_table_holds_all_runs_and_reproduces_its_correlation():
 
 
 def test_methods_cover_every_family():
-    families = set(survey.load("methods")["family"])
+    families = set(survey.read_reported("methods")["family"])
     for needed in ("token_merging", "token_pruning", "patch_slimming", "structured_pruning", "distillation",
                    "quantization_ptq", "data_multiplexing"):
         assert needed in families
 
 
 def test_s1_has_ten_dimensions():
-    assert len(survey.load("s1_dimensions")) == 10
+    assert len(survey.read_reported("s1_dimensions")) == 10
 
 
 def _write(tmp_path, name, mutate):
@@ -61,9 +61,9 @@ def _write(tmp_path, name, mutate):
 def test_malformed_table_names_file_line_and_column(tmp_path, mutate, message):
     path = _write(tmp_path, "s3_runs", mutate)
     with pytest.raises(survey.ReportedDataError, match=message):
-        survey.load("s3_runs", path=path)
+        survey.read_reported("s3_runs", path=path)
 
 
 def test_unknown_table():
     with pytest.raises(ValueError, match="known: s3_runs"):
-        survey.load("s4_runs")
+        survey.read_reported("s4_runs")

@@ -24,6 +24,10 @@ from pathlib import Path
 
 import torch
 
+__all__ = [
+    "STATE", "ensure_torchvision_importable",
+]
+
 _NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 # Keep a reference: a torch.library.Library that is garbage-collected unregisters its definitions.
 _fallback_library: torch.library.Library | None = None

@@ -26,15 +26,28 @@ import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import _compat
-from .profiles import Profile
+from .paths import ENV_DATA as ENV_ROOT
+from .paths import data_root as default_root
+from .paths import env_flag
 
-ENV_ROOT = "VITSURVEY_DATA"
+if TYPE_CHECKING:
+    from .profiles import Profile
+
+__all__ = [
+    "DATASETS", "DEBIAN_DATASETS", "DataFileError", "DatasetInfo", "DatasetNotFoundError", "EMBEDDED_DIR",
+    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
+    "balanced_selection", "build_subset", "default_root", "describe", "downloadable", "find_all",
+    "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots", "standardise",
+    "subset", "synthetic", "tensor_loader", "to_pixels", "write_idx",
+]
+
 ENV_OFFLINE = "VITSURVEY_OFFLINE"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist-subset"
@@ -95,14 +108,6 @@ def _check_name(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def default_root() -> Path:
-    """Where downloads go when no root is given: ``$VITSURVEY_DATA``, else the user's cache."""
-    if os.environ.get(ENV_ROOT):
-        return Path(os.environ[ENV_ROOT]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "vitsurvey"
-
-
 def search_roots(root: str | Path | None = None) -> list[Path]:
     """The directories searched, in order: only ``root`` when given, else the env and known places."""
     if root is not None:
@@ -112,7 +117,8 @@ def search_roots(root: str | Path | None = None) -> list[Path]:
 
 
 def offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no")
+    """Whether ``$VITSURVEY_OFFLINE`` forbids downloads (tests and the smoke profile set it)."""
+    return bool(env_flag(ENV_OFFLINE))
 
 
 # --------------------------------------------------------------------------- file readers

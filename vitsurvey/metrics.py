@@ -17,6 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "DIRECTIONS", "Spread", "compare_top1", "efficient_error_rate", "format_top1", "pareto_front",
+    "speedup_phrase", "top1_se", "versus",
+]
+
 DIRECTIONS = ("min", "max")
 
 

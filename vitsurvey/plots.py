@@ -14,7 +14,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from .results import project_root
+from .paths import figures_dir
+
+__all__ = [
+    "OKABE_ITO", "figures_dir", "label_points", "log_axis", "pareto", "savefig", "use_style",
+]
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
@@ -41,10 +45,6 @@ def use_style() -> None:
         "xtick.color": "black",
         "ytick.color": "black",
     })
-
-
-def figures_dir() -> Path:
-    return project_root() / "figures"
 
 
 def savefig(fig: plt.Figure, name: str) -> Path:

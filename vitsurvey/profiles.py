@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import data
 from .models import ViTConfig
+
+__all__ = [
+    "ENV_VAR", "GRAD_CLIP", "LABEL_SMOOTHING", "PROFILES", "Profile", "VALID_NAMES", "get_profile",
+]
 
 ENV_VAR = "VITSURVEY_PROFILE"
 
@@ -383,7 +388,5 @@ def get_profile(name: str | None = "auto", resolve_data: bool = True) -> Profile
             "Use profile 'cpu' (or 'auto', which picks it on this machine)."
         )
     if resolve_data:
-        from . import data  # data imports this module; the import is deferred to avoid a cycle
-
         profile = data.resolve(profile)
     return profile

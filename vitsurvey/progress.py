@@ -8,10 +8,13 @@ live front end. ``$VITSURVEY_PROGRESS`` set to 1 or 0 overrides the guess.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
+
+from .paths import env_flag
+
+__all__ = ["ENV_VAR", "bar", "wanted"]
 
 ENV_VAR = "VITSURVEY_PROGRESS"
 T = TypeVar("T")
@@ -19,11 +22,9 @@ T = TypeVar("T")
 
 def wanted() -> bool:
     """Whether to draw bars: ``$VITSURVEY_PROGRESS`` if set, else whether standard error is a terminal."""
-    setting = os.environ.get(ENV_VAR, "").strip().lower()
-    if setting in ("1", "true", "yes", "on"):
-        return True
-    if setting in ("0", "false", "no", "off"):
-        return False
+    setting = env_flag(ENV_VAR)
+    if setting is not None:
+        return setting
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stderr

@@ -1,7 +1,9 @@
 """Measured numbers, appended to ``data/results/<notebook-stem>.csv`` atomically.
 
 Every row carries its context (device name, profile, torch and timm versions, date), so numbers
-measured on different machines or profiles can sit in one file and still be told apart.
+measured on different machines or profiles can sit in one file and still be told apart. Where the files live
+is :mod:`vitsurvey.paths`' concern and how the device is named :mod:`vitsurvey.device`'s; both are re-exported
+here because notebooks read them as ``results.device_name`` and ``results.cpu_features``.
 
 Atomic: the new file is written beside the old one and moved over it with ``os.replace``; a crash
 mid-write leaves the previous file intact and no partial file under the final name.
@@ -24,7 +26,6 @@ import dataclasses
 import datetime as _dt
 import io
 import os
-import platform
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,98 +35,20 @@ import pandas as pd
 import torch
 from filelock import FileLock, Timeout
 
-ENV_OUTPUT = "VITSURVEY_OUTPUT"
+from .device import cpu_features, device_name
+from .paths import ENV_OUTPUT, OutputDirError, project_root, repository_root, results_dir
+
+__all__ = [
+    "COLUMNS", "ENV_OUTPUT", "LOCK_TIMEOUT_S", "OutputDirError", "ResultsFileError", "append", "context",
+    "cpu_features", "device_name", "project_root", "read", "read_file", "repository_root", "results_dir",
+    "write_atomic", "write_text_atomic",
+]
+
 COLUMNS = [
     "method", "setting", "params", "macs", "top1", "throughput_img_s", "batch_size",
     "device", "profile", "torch", "timm", "date",
 ]
 """The leading columns of every results file; rows may add more (latency, memory, ...)."""
-
-
-def repository_root() -> Path | None:
-    """The checkout this package runs from: the nearest directory upwards from the working directory
-    that holds ``data/results`` and ``vitsurvey/``, else the directory above an editable install."""
-    here = Path.cwd().resolve()
-    package_parent = Path(__file__).resolve().parent.parent
-    for d in (*(here, *here.parents), package_parent):
-        if (d / "data" / "results").is_dir() and (d / "vitsurvey").is_dir():
-            return d
-    return None
-
-
-class OutputDirError(ValueError):
-    """``$VITSURVEY_OUTPUT`` names something that cannot hold the outputs (a file)."""
-
-
-def project_root() -> Path:
-    """Where outputs (results, figures, checkpoints) go: ``$VITSURVEY_OUTPUT`` if set, else the
-    repository, else the working directory. A ``$VITSURVEY_OUTPUT`` that is (or lies under) a file is an
-    error here, before anything tries to write below it."""
-    if os.environ.get(ENV_OUTPUT):
-        root = Path(os.environ[ENV_OUTPUT]).expanduser()
-        for d in (root, *root.parents):
-            if d.exists():
-                if not d.is_dir():
-                    raise OutputDirError(
-                        f"${ENV_OUTPUT} is {root}, but {d} is a file, not a directory; point ${ENV_OUTPUT} at a "
-                        "directory (it is created if missing), or unset it to write into the repository.")
-                break
-        return root
-    return repository_root() or Path.cwd()
-
-
-def results_dir() -> Path:
-    return project_root() / "data" / "results"
-
-
-_CPU_FLAGS = {"avx512_vnni": "VNNI", "avx_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
-"""CPU features that change how fast low-precision kernels run (int8 dot products, bf16, matrix tiles)."""
-
-
-def cpu_features() -> dict[str, object]:
-    """The CPU's vector instruction set as torch dispatches to it, and its low-precision features.
-
-    Two machines can both call themselves "AMD EPYC" and still differ by 2x in fp32 and far more in int8
-    or bf16: one with AVX-512 VNNI and BF16 instructions, one with AVX2 only. ``int8_dot`` says whether
-    int8 dot-product instructions (VNNI or AMX) exist, which int8 kernels need to be fast.
-    """
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    extras = sorted({name for flag, name in _CPU_FLAGS.items() if flag in flags})
-    return {
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        "extras": extras,
-        "int8_dot": "VNNI" in extras or "AMX" in extras,
-        "bf16": "BF16" in extras or "AMX" in extras,
-    }
-
-
-def device_name(device: str | torch.device | None = None) -> str:
-    """A human name of the device: the GPU's product name, or the CPU's model, thread count and vector
-    instruction set (e.g. ``AMD EPYC (2 threads; AVX2)``), so rows from different CPUs that share a
-    model name are told apart."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    features = cpu_features()
-    isa = " ".join([str(features["isa"]), *features["extras"]])  # type: ignore[list-item]
-    return f"{model} ({torch.get_num_threads()} threads; {isa})"
 
 
 def context(profile: str, device: str | torch.device | None = None) -> dict[str, str]:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import repository_root
+from .paths import repository_root
+
+__all__ = [
+    "Column", "PCT", "POSITIVE", "ReportedDataError", "SCHEMAS", "SOURCE", "read_reported", "reported_dir",
+    "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def reported_dir() -> Path:
     root = repository_root()
     if root is None:
         raise FileNotFoundError(
-            "data/reported/ was not found: run from inside the vitsurvey repository, or pass path= to load()."
+            "data/reported/ was not found: run from inside the vitsurvey repository, or pass path= to read_reported()."
         )
     return root / "data" / "reported"
 
@@ -170,7 +175,7 @@ def validate(frame: pd.DataFrame, schema: dict[str, Column], name: str) -> pd.Da
     return out
 
 
-def load(name: str, path: str | Path | None = None) -> pd.DataFrame:
+def read_reported(name: str, path: str | Path | None = None) -> pd.DataFrame:
     """Load and validate the reported table ``name`` (``data/reported/<name>.csv`` unless ``path``)."""
     if name not in SCHEMAS:
         raise ValueError(f"Unknown reported table {name!r}; known: {', '.join(SCHEMAS)}.")

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from . import _compat, mixers
-from .mixers import Attention
+from .. import _compat, mixers
+from ..mixers import Attention
 
 _compat.ensure_torchvision_importable()
 import timm  # noqa: E402  (must follow the torchvision fix)
