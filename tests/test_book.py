@@ -5,11 +5,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vitsurvey import book
+from vitsurvey import book, notebooks
 from vitsurvey.__main__ import main
 
+pytestmark = pytest.mark.slow  # starts processes
+
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob(book.NOTEBOOK_GLOB))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(notebooks.NOTEBOOK_GLOB))
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,7 @@ def _notebook(path, sources, heading=None):
     return path
 
 
+@pytest.mark.slow
 def test_run_executes_and_passes_the_profile(tmp_path, capsys):
     src = tmp_path / "01_ok.ipynb"
     _notebook(src, ['profile = "auto"', "print('profile is', profile)"])
@@ -87,6 +88,7 @@ def test_run_executes_and_passes_the_profile(tmp_path, capsys):
     assert str(tmp_path) not in (out / "01_ok.ipynb").read_text()
 
 
+@pytest.mark.slow
 def test_run_failure_names_notebook_and_cell(tmp_path, capsys):
     src = tmp_path / "02_bad.ipynb"
     _notebook(src, ['profile = "auto"', "x = 1", "raise ValueError('boom')"])
@@ -103,6 +105,7 @@ def test_run_bad_input(args, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_in_place_keeps_the_authored_parameters(tmp_path, capsys):
     src = tmp_path / "03_inplace.ipynb"
     _notebook(src, ['profile = "auto"', "print('profile is', profile)"])
@@ -113,6 +116,7 @@ def test_run_in_place_keeps_the_authored_parameters(tmp_path, capsys):
     assert "profile is smoke" in executed.cells[-1].outputs[0]["text"]
 
 
+@pytest.mark.slow
 def test_calibrate_measures_and_records_the_run_to_run_floor(tmp_path, monkeypatch, capsys):
     from vitsurvey import measure, results
 
@@ -130,6 +134,7 @@ def test_calibrate_bad_input(capsys):
     assert "at least 2 runs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_dead_kernel_names_the_notebook_and_the_cell(tmp_path, capsys):
     src = _notebook(tmp_path / "05_dies.ipynb", heading="# t", sources=['profile = "auto"', "x = 1", "import os\nos.kill(os.getpid(), 9)"])
     original = src.read_bytes()
@@ -139,6 +144,7 @@ def test_a_dead_kernel_names_the_notebook_and_the_cell(tmp_path, capsys):
     assert src.read_bytes() == original
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_numbered_as_the_reader_sees_it_and_the_failed_run_kept(tmp_path, capsys):
     src = _notebook(tmp_path / "06_fails.ipynb", heading="# t", sources=['profile = "auto"', "x = 1", "raise ValueError('boom')"])
     out = tmp_path / "out"
@@ -153,6 +159,7 @@ def test_a_failing_cell_is_numbered_as_the_reader_sees_it_and_the_failed_run_kep
 SLOW = ['profile = "auto"', "import time\ntime.sleep(120)"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_run_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, signum, status):
     src = _notebook(tmp_path / "07_slow.ipynb", SLOW)

@@ -1,7 +1,10 @@
+import pytest
 import subprocess
 import sys
 
 from vitsurvey import _compat
+
+pytestmark = pytest.mark.slow  # starts processes
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

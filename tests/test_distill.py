@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitsurvey import data, measure, models, train
-from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.models import ViTConfig, VisionTransformer, counts
 from vitsurvey.profiles import PROFILES
 from vitsurvey.strategies import distill
 
@@ -124,12 +124,12 @@ def test_distillation_token_costs_one_token_more():
     model = distill.DistilledViT(CFG).eval()
     plain = VisionTransformer(CFG).eval()
     x1 = torch.zeros(1, 1, 28, 28)
-    extra_params = measure.count_params(model) - measure.count_params(plain)
+    extra_params = counts.count_params(model) - counts.count_params(plain)
     assert extra_params == CFG.embed_dim * 2 + CFG.embed_dim * CFG.num_classes + CFG.num_classes
     assert measure.count_macs(model, x1).total > measure.count_macs(plain, x1).total
-    assert measure.vit_macs(model)["total"] == measure.count_macs(model, x1).total  # one more token, one more head
-    by_hand = measure.vit_macs(CFG, tokens=CFG.num_tokens + 1)["total"] + CFG.embed_dim * CFG.num_classes
-    assert measure.vit_macs(model)["total"] == by_hand
+    assert counts.vit_macs(model)["total"] == measure.count_macs(model, x1).total  # one more token, one more head
+    by_hand = counts.vit_macs(CFG, tokens=CFG.num_tokens + 1)["total"] + CFG.embed_dim * CFG.num_classes
+    assert counts.vit_macs(model)["total"] == by_hand
 
 
 def test_small_resnet_fits_small_images():

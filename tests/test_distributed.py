@@ -26,6 +26,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_take_the_steps_of_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
     assert main([*ARGS, "--checkpoint", str(tmp_path / "one.pt")]) == 0

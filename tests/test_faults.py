@@ -13,17 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from vitsurvey import data, results, train
+from vitsurvey import checkpoints, data, results, train
 from vitsurvey.__main__ import main
 from vitsurvey.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
-    return tmp_path / "data" / "results"
 
 
 # --------------------------------------------------------------------------- results files
@@ -35,6 +29,7 @@ for i in range(int(sys.argv[2]) if len(sys.argv) > 2 else 25):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_keep_every_row(out, tmp_path):
     env = {**os.environ, results.ENV_OUTPUT: str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, name], cwd=ROOT, env=env, stderr=subprocess.PIPE,
@@ -48,6 +43,7 @@ def test_concurrent_writers_keep_every_row(out, tmp_path):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_a_readable_file_and_no_debris(out, tmp_path):
     results.append("shared", [{"method": "before", "params": 1}], profile="smoke")
     env = {**os.environ, results.ENV_OUTPUT: str(tmp_path)}
@@ -119,7 +115,7 @@ def test_output_pointing_at_a_file_is_a_clear_error_everywhere(tmp_path, monkeyp
         with pytest.raises(results.OutputDirError, match="is a file, not a directory"):
             results.append("nb", [{"method": "a"}], profile="cpu")
         with pytest.raises(results.OutputDirError):
-            train.checkpoint_path(PROFILES["smoke"])
+            checkpoints.checkpoint_path(PROFILES["smoke"])
     assert main(["doctor"]) == 1
     assert "outputs: error:" in capsys.readouterr().out
     assert target.read_text() == "x"
@@ -130,8 +126,8 @@ TINY = PROFILES["smoke"].replace(dataset="synthetic", train_samples=256, test_sa
 
 
 def _checkpoint_bytes(tmp_path) -> bytes:
-    model, _ = train.baseline(TINY, log=None)
-    return train.checkpoint_path(TINY).read_bytes()
+    model, _ = train.trained_baseline(TINY, log=None)
+    return checkpoints.checkpoint_path(TINY).read_bytes()
 
 
 class Payload:  # an object a weights-only load refuses to unpickle
@@ -152,16 +148,16 @@ BAD_CHECKPOINTS = {
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_an_unloadable_checkpoint_is_named_set_aside_and_retrained(out, tmp_path, kind):
     good = _checkpoint_bytes(tmp_path)
-    path = train.checkpoint_path(TINY)
+    path = checkpoints.checkpoint_path(TINY)
     damage, message = BAD_CHECKPOINTS[kind]
     damage(good, path)
-    with pytest.raises(train.CheckpointError, match=message) as info:
-        train.load(path)
+    with pytest.raises(checkpoints.CheckpointError, match=message) as info:
+        checkpoints.load_checkpoint(path)
     assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
-    with pytest.warns(train.CheckpointWarning, match="Moved it to"):
-        model, result = train.baseline(TINY, log=None)
+    with pytest.warns(checkpoints.CheckpointWarning, match="Moved it to"):
+        model, result = train.trained_baseline(TINY, log=None)
     assert path.with_name(path.name + ".damaged").exists()
-    reloaded, *_ = train.load(path)  # retrained and saved again
+    reloaded, *_ = checkpoints.load_checkpoint(path)  # retrained and saved again
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
 
 
@@ -174,9 +170,9 @@ def test_a_read_only_checkpoint_folder_keeps_the_trained_model(out, tmp_path, mo
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied", str(folder))
 
-            monkeypatch.setattr(train.torch, "save", refuse)
-        with pytest.warns(train.CheckpointWarning, match="could not be saved"):
-            model, result = train.baseline(TINY, log=None)
+            monkeypatch.setattr(checkpoints.torch, "save", refuse)
+        with pytest.warns(checkpoints.CheckpointWarning, match="could not be saved"):
+            model, result = train.trained_baseline(TINY, log=None)
         assert result.top1 >= 0 and isinstance(model, torch.nn.Module)
         assert not list(folder.glob("*.pt")) and not list(folder.glob(".*.tmp")), "nothing half-written is left"
     finally:

@@ -20,7 +20,8 @@ TOUR = ROOT / "notebooks" / "00_tour.ipynb"
 ARTIFACTS = ROOT / "build" / "test-artifacts"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,  # starts JupyterLab and a browser
+              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")]
 
 
 def _free_port() -> int:

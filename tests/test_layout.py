@@ -175,7 +175,10 @@ def _notebook_names() -> list[tuple[str, str, str]]:
     """(notebook, module, attribute) for every ``alias.attribute`` whose alias a notebook imported from vitsurvey,
     and (notebook, module, name) for every ``from vitsurvey.x import name``."""
     uses: set[tuple[str, str, str]] = set()
+    by_notebook: dict[str, str] = {}
     for name, source in _notebook_code():
+        by_notebook[name] = by_notebook.get(name, "") + source + "\n"
+    for name, source in by_notebook.items():
         aliases: dict[str, str] = {}
         for line in source.splitlines():
             m = re.match(r"\s*from vitsurvey(\.[\w.]+)? import (.+)$", line)

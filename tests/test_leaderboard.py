@@ -8,6 +8,7 @@ from vitsurvey import leaderboard as lb
 from vitsurvey import measure, results
 from vitsurvey.__main__ import main
 from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.models.counts import nonzero_params
 from vitsurvey.profiles import PROFILES
 from vitsurvey.strategies import pruning, quant, tokens
 
@@ -95,9 +96,9 @@ def test_measure_models_one_protocol(vit, test_set, tmp_path, monkeypatch):
 def test_nonzero_params_sees_magnitude_pruning(vit):
     sparse = pruning.make_permanent(pruning.magnitude_prune(VisionTransformer(CFG), 0.5))
     linear = sum(m.weight.numel() for m in pruning._block_linears(sparse))
-    assert lb.nonzero_params(sparse) <= measure.count_params(sparse) - linear // 2 + 1
+    assert nonzero_params(sparse) <= measure.count_params(sparse) - linear // 2 + 1
     # rounding to int8 keeps every zero and may add a few (weights under half a step)
-    assert 0.95 * lb.nonzero_params(sparse) <= lb.nonzero_params(quant.dynamic_int8(sparse)) <= lb.nonzero_params(sparse)
+    assert 0.95 * nonzero_params(sparse) <= nonzero_params(quant.dynamic_int8(sparse)) <= nonzero_params(sparse)
 
 
 def _board():
@@ -168,7 +169,7 @@ def test_leaderboard_shows_only_the_newest_run(tmp_path, monkeypatch):
     _saved(tmp_path, monkeypatch)
     first = pd.read_csv(tmp_path / "data" / "results" / "12_leaderboard.csv")
     newer = _board().iloc[:2].assign(family="", steps="", top1_se=0.5, n_test=100)
-    monkeypatch.setattr(lb, "_dt", _Later)
+    monkeypatch.setattr("vitsurvey.studies.leaderboard._dt", _Later)
     lb.save(newer, "smoke", "cpu")
     assert len(pd.read_csv(tmp_path / "data" / "results" / "12_leaderboard.csv")) == len(first) + 2
     assert list(lb.read("smoke").index) == ["baseline", "small"]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vitsurvey import measure, models, profiles, results
+from vitsurvey.measure import reruns, timing
 from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer
 from vitsurvey.profiles import PROFILES
 
@@ -247,7 +248,7 @@ def test_relative_throughput_times_every_model_each_round(monkeypatch):
         calls.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(measure, "throughput", spy)
+    monkeypatch.setattr(timing, "throughput", spy)
     fast, slow = nn.Flatten(), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)], nn.Flatten())
     timings = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
     assert calls == [fast, slow, slow, fast]  # interleaved, each round starting one model later
@@ -263,7 +264,7 @@ def _scripted(monkeypatch, rates_per_call):
     def fake(model, input_shape, batch_sizes, device, **kwargs):
         return measure.Throughput(next(script[model.name]), batch_sizes[0])
 
-    monkeypatch.setattr(measure, "throughput", fake)
+    monkeypatch.setattr(timing, "throughput", fake)
 
 
 class _Named(nn.Module):
@@ -326,11 +327,6 @@ def test_activation_bytes_grow_linearly_with_the_batch():
     assert not model.training
 
 
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
-    return tmp_path / "data" / "results"
-
 
 def test_steady_allocator_is_set_once_on_glibc():
     import platform
@@ -348,9 +344,9 @@ def _calibration_rows(device, stamp, rate, ratio):
 def test_rerun_floor_reads_the_latest_calibration_of_this_device(out, monkeypatch):
     assert measure.rerun_floor("cpu") is None  # never calibrated: one run's range
     me = results.device_name("cpu")
-    results.append(measure.CALIBRATION, _calibration_rows(me, "2026-01-01T10:00:00", 0.2, 0.3), "cpu", "cpu")
-    results.append(measure.CALIBRATION, _calibration_rows(me, "2026-01-02T10:00:00", 0.04, 0.05), "cpu", "cpu")
-    results.append(measure.CALIBRATION, _calibration_rows("another CPU", "2026-02-01T10:00:00", 0.5, 0.5), "cpu", "cpu")
+    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows(me, "2026-01-01T10:00:00", 0.2, 0.3), "cpu", "cpu")
+    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows(me, "2026-01-02T10:00:00", 0.04, 0.05), "cpu", "cpu")
+    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows("another CPU", "2026-02-01T10:00:00", 0.5, 0.5), "cpu", "cpu")
     floor = measure.rerun_floor("cpu")
     assert (floor.rate, floor.ratio, floor.runs, floor.device) == (0.04, 0.05, 6, me)
     # every timing on this device now folds the floor into its ranges; floor=False leaves it out
@@ -375,7 +371,7 @@ def test_each_calibration_run_has_its_companion_in_turn():
     assert [measure.companion_of_run(alone, k) for k in range(3)] == [None, None, None]
 
 
-def test_a_calibration_run_reports_every_pair_but_not_its_companion(monkeypatch):
+def test_a_rerun_floor_run_reports_every_pair_but_not_its_companion(monkeypatch):
     prof = profiles.get_profile("smoke", resolve_data=False)
     timed = []
     real = measure.relative_throughput
@@ -384,8 +380,8 @@ def test_a_calibration_run_reports_every_pair_but_not_its_companion(monkeypatch)
         timed.append(list(models))
         return real(models, *args, **kwargs)
 
-    monkeypatch.setattr(measure, "relative_throughput", spy)
-    out = measure.calibration_run(prof, "cpu", "mobilenetv3_small_100")
+    monkeypatch.setattr(reruns, "relative_throughput", spy)
+    out = measure.rerun_floor_run(prof, "cpu", "mobilenetv3_small_100")
     assert timed == [["vit_tiny_patch16_224", "resnet18", "vit_tiny_patch16_224, int8",
                       "companion: mobilenetv3_small_100"]]
     assert sorted(out) == sorted([
@@ -395,7 +391,7 @@ def test_a_calibration_run_reports_every_pair_but_not_its_companion(monkeypatch)
     assert all(v > 0 for v in out.values())
 
 
-def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
+def test_measure_rerun_floor_spreads_the_medians_of_separate_runs(monkeypatch):
     import subprocess
 
     medians = iter([{"rate: a": 10.0, "ratio: b": 2.0}, {"rate: a": 12.0, "ratio: b": 2.1},
@@ -407,7 +403,7 @@ def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "noise\nCALIBRATION " + json.dumps(next(medians)) + "\n", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    rows = measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=3, pause_s=0, log=None)
+    rows = measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=3, pause_s=0, log=None)
     assert len(launched) == 3 and all("smoke" in cmd for cmd in launched)
     # run 1 times the calibration models alone, run 2 beside the profile's companion, run 3 alone again
     assert [cmd[-1] for cmd in launched] == ["", "mobilenetv3_small_100", ""]
@@ -421,11 +417,11 @@ def test_calibrate_reruns_spreads_the_medians_of_separate_runs(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(RuntimeError, match=r"Calibration run 1 of 2 failed \(exit 1\): RuntimeError: boom$"):
-        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=0, log=None)
+        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=0, log=None)
     with pytest.raises(ValueError, match="at least 2 runs"):
-        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=1)
+        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=1)
     with pytest.raises(ValueError, match="pause_s cannot be negative"):
-        measure.calibrate_reruns(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=-1)
+        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=-1)
 
 
 def test_count_macs_of_an_int8_model_counts_its_float_twin():

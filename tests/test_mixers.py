@@ -8,9 +8,12 @@ import math
 import pytest
 import torch
 
-from vitsurvey import measure, mixers
-from vitsurvey.models import Attention, ViTConfig, VisionTransformer, timm_vit
+from torch import Tensor, nn
+
+from vitsurvey import measure
+from vitsurvey.models import Attention, TokenMixer, ViTConfig, VisionTransformer, counts, mixers, timm_vit
 from vitsurvey.strategies import distill, pruning, tokens
+from vitsurvey.studies import attention
 
 BASE = ViTConfig(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=2, num_heads=3)
 CONFIGS = {
@@ -45,8 +48,8 @@ def test_analytic_counts_equal_fvcore_and_the_module(name: str) -> None:
     cfg = CONFIGS[name]
     model = VisionTransformer(cfg)
     counted = measure.count_macs(model, torch.zeros(1, 1, 32, 32))
-    assert measure.vit_macs(cfg)["total"] == counted.total
-    assert measure.vit_params(cfg)["total"] == measure.count_params(model)
+    assert counts.vit_macs(cfg)["total"] == counted.total
+    assert counts.vit_params(cfg)["total"] == counts.count_params(model)
     unseen = {"aten::fft_rfft2", "aten::fft_irfft2", "aten::avg_pool2d", "aten::scaled_dot_product_attention"}
     assert not unseen & set(counted.skipped_operators)  # each of these is counted, not skipped
 
@@ -126,10 +129,10 @@ def test_pool_of_a_constant_grid_is_zero() -> None:
 def test_crossover_is_where_the_counts_cross(name: str) -> None:
     cfg = CONFIGS[name]
     n_star = mixers.crossover_tokens(cfg)
-    attention = dataclasses.replace(cfg, mixer="attention", window=0, features=0, rank=0)
+    softmax = dataclasses.replace(cfg, mixer="attention", window=0, features=0, rank=0)
 
     def cheaper(n: int) -> bool:
-        return sum(mixers.macs(cfg, n).values()) < sum(mixers.macs(attention, n).values())
+        return sum(mixers.macs(cfg, n).values()) < sum(mixers.macs(softmax, n).values())
 
     below, above = math.floor(n_star - 1e-9), math.floor(n_star) + 1
     assert not cheaper(below) and cheaper(above)
@@ -139,9 +142,9 @@ def test_crossover_is_where_the_counts_cross(name: str) -> None:
 def test_mixers_cheaper_at_every_size(name: str) -> None:
     cfg = CONFIGS[name]
     assert mixers.crossover_tokens(cfg) == 0.0
-    attention = dataclasses.replace(cfg, mixer="attention", reduction=0, kernel=0)
+    softmax = dataclasses.replace(cfg, mixer="attention", reduction=0, kernel=0)
     for n in (4, 16, 64, 1024, 16384):
-        assert sum(mixers.macs(cfg, n).values()) < sum(mixers.macs(attention, n).values())
+        assert sum(mixers.macs(cfg, n).values()) < sum(mixers.macs(softmax, n).values())
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -188,32 +191,103 @@ def test_strategies_built_on_attention_refuse_other_mixers() -> None:
         with pytest.raises(ValueError, match="needs softmax attention in every block and a class token"):
             build()
     with pytest.raises(ValueError, match="fixed token count"):
-        measure.vit_macs(CONFIGS["window"], tokens=10)
+        counts.vit_macs(CONFIGS["window"], tokens=10)
+
+
+class _Shift(TokenMixer):
+    """A throw-away mixer for the registry test: each token becomes its right neighbour on the grid (kernel-wide
+    roll); no parameters, one MAC per element."""
+
+    def __init__(self, grid: int, kernel: int) -> None:
+        super().__init__()
+        self.grid, self.kernel = grid, kernel
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        return x.reshape(B, self.grid, self.grid, D).roll(self.kernel, dims=2).reshape(B, N, D)
+
+    @classmethod
+    def build(cls, cfg: ViTConfig, index: int) -> nn.Module:
+        return cls(cfg.grid, cfg.kernel)
+
+    @classmethod
+    def check(cls, cfg: ViTConfig) -> None:
+        if cfg.kernel >= cfg.grid:
+            raise ValueError(f"shift kernel={cfg.kernel} must be smaller than the grid.")
+
+    @staticmethod
+    def macs(cfg: ViTConfig, tokens: int) -> dict[str, int]:
+        return {"shift": tokens * cfg.embed_dim}
+
+    @staticmethod
+    def params(cfg: ViTConfig) -> int:
+        return 0
+
+    @staticmethod
+    def crossover_tokens(cfg: ViTConfig) -> float:
+        return 0.0
+
+
+def test_a_registered_mixer_is_built_checked_and_counted_through_the_registry() -> None:
+    before = (dict(mixers.MIXERS), mixers.SETTINGS, mixers.GRID_MIXERS)
+    mixers.register("shift", setting="kernel", grid=True)(_Shift)
+    try:
+        assert mixers.MIXERS["shift"] == "kernel" and "shift" in mixers.GRID_MIXERS
+        assert mixers.SETTINGS == before[1]  # kernel is an existing field: no new setting
+        with pytest.raises(ValueError, match="registered already"):
+            mixers.register("shift")(_Shift)
+        cfg = BASE.with_mixer("shift", kernel=1)
+        assert (cfg.class_token, cfg.global_pool) == (False, "avg")
+        with pytest.raises(ValueError, match="shift kernel=8 must be smaller"):
+            BASE.with_mixer("shift", kernel=8)
+        with pytest.raises(ValueError, match="class token has no place"):
+            dataclasses.replace(cfg, class_token=True, global_pool="token")
+        assert isinstance(mixers.build(cfg, 0), _Shift)
+        assert mixers.macs(cfg) == {"shift": 64 * 48} and mixers.macs(cfg, 10) == {"shift": 480}
+        assert mixers.params(cfg) == 0 and mixers.crossover_tokens(cfg) == 0.0
+        model = VisionTransformer(cfg)
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+        assert counts.vit_params(cfg)["mixer"] == 0 and counts.vit_macs(cfg)["shift"] == 2 * 64 * 48
+        assert counts.vit_params(cfg)["total"] == counts.count_params(model)
+    finally:
+        mixers.unregister("shift")
+    assert (mixers.MIXERS, mixers.SETTINGS, mixers.GRID_MIXERS) == before
+    with pytest.raises(ValueError, match="Unknown mixer 'shift'"):
+        BASE.with_mixer("shift", kernel=1)
+
+
+def test_the_top_level_module_reexports_the_mixers_and_the_attention_analysis() -> None:
+    from vitsurvey import mixers as top
+
+    for home in (mixers, attention):
+        for name in home.__all__:
+            assert getattr(top, name) == getattr(home, name)
+    assert top.Attention is Attention
 
 
 def test_best_low_rank_is_exact_at_full_rank_and_improves_with_rank() -> None:
     torch.manual_seed(0)
     attn = torch.randn(2, 3, 10, 10).softmax(-1)
-    torch.testing.assert_close(mixers.best_low_rank(attn, 10), attn, atol=1e-5, rtol=1e-5)
-    errors = [float((mixers.best_low_rank(attn, k) - attn).norm()) for k in (1, 3, 6, 9)]
+    torch.testing.assert_close(attention.best_low_rank(attn, 10), attn, atol=1e-5, rtol=1e-5)
+    errors = [float((attention.best_low_rank(attn, k) - attn).norm()) for k in (1, 3, 6, 9)]
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0
     rank_one = torch.outer(torch.rand(10), torch.rand(10))
-    torch.testing.assert_close(mixers.best_low_rank(rank_one, 1), rank_one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention.best_low_rank(rank_one, 1), rank_one, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="rank must be at least 1"):
-        mixers.best_low_rank(attn, 0)
+        attention.best_low_rank(attn, 0)
 
 
 def test_truncating_attention_to_full_rank_changes_nothing() -> None:
     model = VisionTransformer(BASE).eval()
     x = torch.randn(2, 1, 32, 32)
-    full = mixers.truncate_attention(model, BASE.num_tokens)
+    full = attention.truncate_attention(model, BASE.num_tokens)
     torch.testing.assert_close(full(x), model(x), atol=1e-4, rtol=1e-4)
-    low = mixers.truncate_attention(model, 2)
+    low = attention.truncate_attention(model, 2)
     assert not torch.allclose(low(x), model(x), atol=1e-3)
     assert max(torch.linalg.matrix_rank(m[0, 0]).item() for m in low.attention_maps(x)) <= 2
     assert isinstance(model.blocks[0].attn, Attention) and type(model.blocks[0].attn) is Attention  # original kept
     with pytest.raises(ValueError, match="needs softmax attention"):
-        mixers.truncate_attention(VisionTransformer(CONFIGS["conv"]), 2)
+        attention.truncate_attention(VisionTransformer(CONFIGS["conv"]), 2)
 
 
 def test_circulant_share_is_one_for_translation_invariant_mixing() -> None:
@@ -225,23 +299,23 @@ def test_circulant_share_is_one_for_translation_invariant_mixing() -> None:
                (idx[None, None, None, :] - idx[None, :, None, None]) % g].reshape(g * g, g * g)
     attn = torch.zeros(1, g * g + 1, g * g + 1)
     attn[0, 1:, 1:] = c
-    torch.testing.assert_close(mixers.circulant_projection(attn, g)[0], kernel)
-    assert abs(float(mixers.circulant_share(attn, g)) - 1.0) < 1e-5
+    torch.testing.assert_close(attention.circulant_projection(attn, g)[0], kernel)
+    assert abs(float(attention.circulant_share(attn, g)) - 1.0) < 1e-5
     torch.manual_seed(0)
     random = torch.rand(5, g * g + 1, g * g + 1)
-    share = mixers.circulant_share(random, g)
+    share = attention.circulant_share(random, g)
     assert share.shape == (5,) and ((share > 0) & (share < 1)).all()
     # one kernel for all five keeps at most what each keeps with its own (Jensen); the same circulant five times, all
-    assert float(mixers.circulant_share(random, g, shared=True)) < float(share.max())
-    assert abs(float(mixers.circulant_share(attn.expand(5, -1, -1), g, shared=True)) - 1.0) < 1e-5
+    assert float(attention.circulant_share(random, g, shared=True)) < float(share.max())
+    assert abs(float(attention.circulant_share(attn.expand(5, -1, -1), g, shared=True)) - 1.0) < 1e-5
     with pytest.raises(ValueError, match="not a 3 x 3 grid"):
-        mixers.circulant_share(random, 3)
+        attention.circulant_share(random, 3)
 
 
 def test_singular_values_match_the_definition() -> None:
     torch.manual_seed(0)
     attn = torch.randn(3, 6, 6).softmax(-1)
-    s = mixers.singular_values(attn)
+    s = attention.singular_values(attn)
     gram = torch.linalg.eigvalsh((attn.mT @ attn).double()).flip(-1).clamp_min(0).sqrt()
     torch.testing.assert_close(s, gram, atol=1e-6, rtol=1e-6)
     assert torch.get_num_threads() >= 1

@@ -1,20 +1,21 @@
 import pytest
 import torch
 
-from vitsurvey import measure, models
-from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer
+from vitsurvey import models
+from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer, counts
+from vitsurvey.strategies import quant
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_parameter_count_matches_timm(name):
     ours = VisionTransformer(PRESETS[name])
     reference = models.create(name)
-    assert measure.count_params(ours) == measure.count_params(reference)
-    assert measure.vit_params(PRESETS[name])["total"] == measure.count_params(ours)
+    assert counts.count_params(ours) == counts.count_params(reference)
+    assert counts.vit_params(PRESETS[name])["total"] == counts.count_params(ours)
 
 
 def test_vit_tiny_has_the_published_count():
-    assert measure.count_params(VisionTransformer(PRESETS["vit_tiny_patch16_224"])) == 5_717_416
+    assert counts.count_params(VisionTransformer(PRESETS["vit_tiny_patch16_224"])) == 5_717_416
 
 
 @pytest.mark.parametrize(
@@ -91,3 +92,33 @@ def test_config_of_plain_vits_only():
     assert ViTConfig.of(models.create("deit_tiny_patch16_224")) == PRESETS["vit_tiny_patch16_224"]
     assert ViTConfig.of(models.create("resnet18")) is None
     assert ViTConfig.of(models.create("deit_tiny_distilled_patch16_224")) is None
+
+
+def test_split_qkv_cuts_the_fused_projection_per_head():
+    from vitsurvey.models.layers import merge_heads, split_qkv
+
+    B, N, h, d = 2, 5, 3, 4
+    fused = torch.randn(B, N, 3 * h * d)
+    q, k, v = split_qkv(fused, h, d)
+    assert q.shape == (B, h, N, d)
+    assert torch.equal(k[:, 1, :, 2], fused[:, :, h * d + d + 2])  # key of head 1, channel 2
+    assert torch.equal(merge_heads(v), fused[:, :, 2 * h * d:])
+    k2, v2 = split_qkv(fused[:, :, h * d:], h, d)  # two parts: keys and values
+    assert torch.equal(k2, k) and torch.equal(v2, v)
+
+
+def test_nonzero_params_counts_packed_int8_weights():
+    model = _small()
+    dense = counts.nonzero_params(model)
+    assert dense == sum(int((p != 0).sum()) for p in model.parameters())
+    int8 = quant.dynamic_int8(model)
+    assert counts.packed_weights(int8)  # every Linear's weights left parameters() for a packed form
+    assert 0.95 * dense <= counts.nonzero_params(int8) <= dense  # weights below half an int8 step become 0
+
+
+def test_the_package_reexports_its_modules_names():
+    from vitsurvey.models import layers, vit, zoo
+
+    for module in (layers, vit, counts, zoo):
+        for name in module.__all__:
+            assert getattr(models, name) is getattr(module, name)

@@ -144,3 +144,11 @@ def test_pooled_output_is_what_the_head_or_the_demultiplexer_reads():
         assert torch.allclose(vit.head(vit.fc_norm(slots)).flatten(0, 1), mux(x), atol=1e-6)
     with pytest.raises(TypeError, match="pooled_output reads"):
         multiplex.pooled_output(ConcatPlexer(vit, 2, 4), x)
+
+
+def test_method_of_names_the_method_as_results_rows_spell_it():
+    vit = _vit()
+    assert multiplex.method_of(vit) == {"method": "ViT", "n": 1, "k": None}
+    assert multiplex.method_of(ImageMultiplexer(vit, 2, "hadamard")) == {
+        "method": "Image Multiplexer (hadamard)", "n": 2, "k": None}
+    assert multiplex.method_of(ConcatPlexer(vit, 4, 4)) == {"method": "ConcatPlexer", "n": 4, "k": 4}

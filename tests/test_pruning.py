@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitsurvey import measure
-from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.models import ViTConfig, VisionTransformer, counts
 from vitsurvey.strategies import pruning
 
 CFG = ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=3, num_heads=4)
@@ -24,7 +24,7 @@ def test_structurally_pruned_equals_masked(ratio):
     with torch.no_grad():
         assert torch.allclose(pruned(x), masked(x), atol=1e-5)
         assert not torch.allclose(pruned(x), model(x), atol=1e-3)  # something was really removed
-    assert measure.count_params(pruned) < measure.count_params(model)
+    assert counts.count_params(pruned) < counts.count_params(model)
 
 
 def test_pruned_shapes_and_macs():
@@ -33,7 +33,7 @@ def test_pruned_shapes_and_macs():
         assert block.attn.num_heads == 2 and block.attn.head_dim == 12
         assert block.mlp.fc1.out_features == 96
     counted = measure.count_macs(pruned, torch.zeros(1, 1, 28, 28)).total
-    assert counted == measure.vit_macs(pruned)["total"] < measure.vit_macs(CFG)["total"]
+    assert counted == counts.vit_macs(pruned)["total"] < counts.vit_macs(CFG)["total"]
     assert ViTConfig.of(pruned) is None  # the config no longer describes the blocks
 
 
@@ -113,10 +113,11 @@ def test_invalid_sparsity(bad):
 
 def test_nonzero_params_counts_what_pruning_left():
     model = _model()
-    total = measure.count_params(model)
+    total = counts.count_params(model)
     pruning.make_permanent(pruning.magnitude_prune(model, 0.5))
     block_weights = sum(m.weight.numel() for m in pruning._block_linears(model))
     assert pruning.nonzero_params(model) == total - round(0.5 * block_weights)
+    assert pruning.nonzero_params is counts.nonzero_params  # one count, at home in models.counts
 
 
 def test_removed_fraction_reports_whole_heads():

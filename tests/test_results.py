@@ -6,11 +6,6 @@ import pytest
 from vitsurvey import results
 
 
-@pytest.fixture
-def out(tmp_path, monkeypatch):
-    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
-    return tmp_path / "data" / "results"
-
 
 @dataclasses.dataclass
 class Row:

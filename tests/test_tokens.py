@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitsurvey import measure
-from vitsurvey.models import ViTConfig, VisionTransformer
+from vitsurvey.models import ViTConfig, VisionTransformer, counts
 from vitsurvey.strategies import tokens
 
 CFG = ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=4, num_heads=3)
@@ -26,9 +26,9 @@ def test_evit_keep_one_is_the_unreduced_model():
 def test_evit_token_counts_match_the_schedule(fuse):
     model = _model()
     step = tokens.evit_step(0.5, [1, 2], fuse=fuse)
-    counts = model.token_counts(X, step)
-    assert counts == tokens.evit_schedule(CFG.depth, 0.5, [1, 2], CFG.num_tokens, fuse=fuse)
-    assert counts == ([50, 50, 27, 15] if fuse else [50, 50, 26, 14])
+    entering = model.token_counts(X, step)
+    assert entering == tokens.evit_schedule(CFG.depth, 0.5, [1, 2], CFG.num_tokens, fuse=fuse)
+    assert entering == ([50, 50, 27, 15] if fuse else [50, 50, 26, 14])
 
 
 def test_evit_keeps_the_class_token_and_the_most_attended_tokens():
@@ -61,10 +61,10 @@ def test_evit_macs_formula_matches_fvcore():
         def forward(self, x):
             return self.vit(x, token_step=step)
 
-    counts = model.token_counts(X[:1], step)
+    entering = model.token_counts(X[:1], step)
     counted = measure.count_macs(Reduced(), X[:1]).total
     # fvcore also counts the few multiplications of the fusion; the formula leaves them out
-    assert abs(counted - measure.vit_macs(model, tokens=counts)["total"]) / counted < 0.01
+    assert abs(counted - counts.vit_macs(model, tokens=entering)["total"]) / counted < 0.01
 
 
 def test_tome_r_zero_is_the_unreduced_model():
@@ -173,19 +173,19 @@ def test_tome_macs_formula_equals_fvcore_exactly(r):
     # the MLP runs on the merged tokens, and the bipartite matching costs MACs of its own
     vit = VisionTransformer(ViTConfig(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3)).eval()
     tome = tokens.ToMe(vit, r)
-    formula = measure.vit_macs(vit, tokens=tome.token_counts(), merges=tome.schedule)
+    formula = counts.vit_macs(vit, tokens=tome.token_counts(), merges=tome.schedule)
     assert measure.count_macs(tome, torch.zeros(1, 3, 32, 32)).total == formula["total"]
     assert formula["token_matching"] > 0
     # without the merges the count is too high: every block's MLP would see the unmerged tokens
-    assert measure.vit_macs(vit, tokens=tome.token_counts())["total"] > formula["total"]
+    assert counts.vit_macs(vit, tokens=tome.token_counts())["total"] > formula["total"]
 
 
 def test_vit_macs_refuses_impossible_merges():
     cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)  # 17 tokens
     with pytest.raises(ValueError, match="ToMe can merge 0 to 8"):
-        measure.vit_macs(cfg, merges=[9, 0])
+        counts.vit_macs(cfg, merges=[9, 0])
     with pytest.raises(ValueError, match="one count per block"):
-        measure.vit_macs(cfg, merges=[1])
+        counts.vit_macs(cfg, merges=[1])
 
 
 def test_tome_sources_partition_the_input_tokens():

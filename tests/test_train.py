@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vitsurvey import data, train
+from vitsurvey import checkpoints, data, train
 from vitsurvey.models import VisionTransformer
 from vitsurvey.profiles import PROFILES
 
@@ -38,17 +38,17 @@ def test_fit_learns_a_learnable_task(tmp_path, monkeypatch):
 def test_baseline_is_cached_per_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
     p = TINY.replace(epochs=1)
-    model, result = train.baseline(p, log=None)
-    path = train.checkpoint_path(p)
+    model, result = train.trained_baseline(p, log=None)
+    path = checkpoints.checkpoint_path(p)
     assert path.exists()
-    again, again_result = train.baseline(p, log=None)
+    again, again_result = train.trained_baseline(p, log=None)
     assert again_result == result
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    changed, changed_result = train.baseline(p.replace(lr=1e-4), log=None)  # other settings: retrain
+    changed, changed_result = train.trained_baseline(p.replace(lr=1e-4), log=None)  # other settings: retrain
     assert changed_result.history != result.history
     # both are kept side by side: neither overwrites the other
-    assert train.checkpoint_path(p.replace(lr=1e-4)) != path and path.exists()
-    assert train.baseline(p, log=None)[1] == result
+    assert checkpoints.checkpoint_path(p.replace(lr=1e-4)) != path and path.exists()
+    assert train.trained_baseline(p, log=None)[1] == result
 
 
 def test_label_loss_is_smoothed_cross_entropy_averaged_over_heads():
@@ -93,20 +93,20 @@ def test_finetune_uses_the_profiles_fine_tune_sizes(monkeypatch):
 def test_baseline_cache_ignores_settings_that_do_not_affect_training(tmp_path, monkeypatch):
     monkeypatch.setenv("VITSURVEY_OUTPUT", str(tmp_path))
     p = TINY.replace(epochs=1)
-    _, first = train.baseline(p, log=None)
-    _, again = train.baseline(p.replace(bench_iters=99, compression_levels=(0.5,)), log=None)
+    _, first = train.trained_baseline(p, log=None)
+    _, again = train.trained_baseline(p.replace(bench_iters=99, compression_levels=(0.5,)), log=None)
     assert again == first  # loaded, not retrained
 
 
 def test_checkpoint_key_of_a_default_config_has_the_original_fields_only():
     from vitsurvey import profiles
 
-    key = train._training_settings(profiles.PROFILES["cpu"])["baseline"]
+    key = checkpoints.training_settings(profiles.PROFILES["cpu"])["baseline"]
     assert set(key) == {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads",
                         "mlp_ratio"}  # so checkpoints trained before the mixer fields existed keep their names
     pooled = profiles.PROFILES["cpu"].replace(baseline=profiles.PROFILES["cpu"].baseline.with_mixer("pool"))
-    assert train._training_settings(pooled)["baseline"]["mixer"] == "pool"
-    assert train.checkpoint_path(pooled) != train.checkpoint_path(profiles.PROFILES["cpu"])
+    assert checkpoints.training_settings(pooled)["baseline"]["mixer"] == "pool"
+    assert checkpoints.checkpoint_path(pooled) != checkpoints.checkpoint_path(profiles.PROFILES["cpu"])
 
 
 def test_prepare_wraps_model_optimizer_and_loader_and_takes_over_clipping(tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ import re
 import shutil
 from pathlib import Path
 
-NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+from .notebooks import NOTEBOOK_GLOB
+
+__all__ = ["build", "local_links"]
 
 
 def _title(nb) -> str:
@@ -28,6 +30,7 @@ def _title(nb) -> str:
 
 
 def _nav(pages: list[tuple[str, str]], i: int) -> str:
+    """The bar above and below page ``i``: previous, contents, next, and the page's title."""
     def link(j: int, label: str) -> str:
         return f'<a href="{pages[j][0]}">{label}</a>' if 0 <= j < len(pages) else f"<span>{label}</span>"
 

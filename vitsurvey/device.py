@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .checks import whole
+
 __all__ = [
     "cpu_features", "cpuinfo", "device_name", "device_of", "machine_memory_bytes", "threads",
 ]
@@ -93,8 +95,7 @@ def threads(n: int) -> Iterator[None]:
     all of them; per-core measurements (latency on the smallest machine) and batched SVDs of many small
     matrices (where LAPACK's threads were seen to slow things 100-fold through oversubscription) run on one.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"threads must be a whole number of at least 1, got {n!r}.")
+    whole("threads", n, minimum=1)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

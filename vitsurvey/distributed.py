@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-GRAD_CLIP = 1.0
-"""The gradient-norm clip ``fit`` applies without a ``prepare`` hook; :func:`prepare` keeps it."""
+from .profiles import GRAD_CLIP
+
+__all__ = ["Context", "init", "launched_by_torchrun", "prepare", "sharded", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Context:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether ``torchrun`` started this process (it sets the rank, world size and local rank)."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
@@ -61,6 +63,7 @@ def init(device: str | None = None) -> Context:
 
 
 def shutdown() -> None:
+    """End the process group :func:`init` started, if any."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -81,8 +84,9 @@ def sharded(loader: DataLoader, ctx: Context, seed: int) -> DataLoader:
 
 def prepare(ctx: Context, seed: int):
     """A ``prepare`` hook for :func:`vitsurvey.train.fit`: the model wrapped in DDP (when there are several
-    processes), the optimiser clipping the (already averaged) gradient norm before each step as ``fit`` does
-    without a hook, and the loader :func:`sharded`."""
+    processes), the optimiser clipping the (already averaged) gradient norm to
+    :data:`vitsurvey.profiles.GRAD_CLIP` before each step as ``fit`` does without a hook, and the loader
+    :func:`sharded`."""
 
     def hook(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader):
         params = [p for p in model.parameters() if p.requires_grad]

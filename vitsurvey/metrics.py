@@ -37,7 +37,7 @@ class Spread:
     fraction) either side of the median. Rounds taken seconds apart share the machine's state of the
     moment, so their range is narrow; runs minutes apart do not: on a shared CPU the same comparison's
     median moved by several percent between runs whose within-run ranges were 1% wide
-    (:func:`vitsurvey.measure.calibrate_reruns` measures by how much, :func:`vitsurvey.measure.rerun_floor`
+    (:func:`vitsurvey.measure.measure_rerun_floor` measures by how much, :func:`vitsurvey.measure.rerun_floor`
     reads it back). With ``between`` = 0 the range speaks for one run only, and :meth:`format` says so.
     The interquartile range (``q1`` to ``q3``, numpy's linear interpolation, over the rounds) stays
     available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough rounds.

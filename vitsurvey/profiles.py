@@ -82,7 +82,7 @@ class Profile:
     timing_tolerance: float = 0.05
     calibration_models: tuple[str, ...] = ("vit_small_patch16_224", "vit_tiny_patch16_224", "efficientformerv2_s0")
     """timm models that ``python -m vitsurvey calibrate`` times run after run (on a CPU with the first one's
-    int8 copy) to measure how far timings move between runs (:func:`vitsurvey.measure.calibrate_reruns`)."""
+    int8 copy) to measure how far timings move between runs (:func:`vitsurvey.measure.measure_rerun_floor`)."""
     calibration_companions: tuple[str, ...] = ("resnet50", "vit_base_patch16_224")
     """timm models timed in the same rounds as ``calibration_models`` but not reported: run ``k`` adds none
     when ``k`` is a multiple of ``len + 1``, else the next one in turn. A ratio moves with the other models of

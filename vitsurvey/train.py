@@ -1,26 +1,27 @@
-"""One small training loop, so that no notebook writes its own.
+"""One small training loop, so that no notebook writes its own, and the models the notebooks train with it.
 
 AdamW with linear warm-up and cosine decay, label smoothing, light augmentation (random shifts and
 horizontal flips, done on whole batches), bf16 autocast on CUDA, seeded. The ``loss`` hook replaces
 the objective (knowledge distillation wraps :func:`label_loss` in it), so variants reuse the loop
 instead of copying it. The ``prepare`` hook wraps model, optimiser and data loader before the first step
-(differentially private training hands them to opacus there), so private training is this loop too.
+(differentially private training hands them to opacus there, DDP in :mod:`vitsurvey.distributed`), so private
+and multi-process training are this loop too.
+
+Built on the loop: :func:`finetune` (the short recovery training after compression), the profile's
+:func:`trained_baseline` ViT and :func:`trained_teacher` ResNet (trained once, then loaded from the cache in
+:mod:`vitsurvey.checkpoints`), and :func:`train_by_name`, the training behind ``python -m vitsurvey train``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import pickle
 import random
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,11 +29,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from . import checkpoints, distributed, progress
 from . import data as vdata
-from . import mixers, progress
-from .models import ViTConfig, VisionTransformer, small_resnet
-from .profiles import Profile
-from .results import project_root, write_atomic
+from .checkpoints import CheckpointError, TrainResult
+from .models import ViTConfig, VisionTransformer, create, mixers, small_resnet
+from .profiles import GRAD_CLIP, LABEL_SMOOTHING
+
+if TYPE_CHECKING:
+    from .profiles import Profile
+
+__all__ = [
+    "CheckpointError", "Loss", "Outputs", "Prepare", "TrainResult", "TrainedModel", "augment", "baseline_config",
+    "evaluate", "finetune", "fit", "label_loss", "model_by_name", "seed_everything", "train_by_name",
+    "trained_baseline", "trained_teacher",
+]
 
 Outputs = Tensor | tuple[Tensor, ...]
 """What a model returns in training mode: logits, or one logits tensor per head (a distillation token's
@@ -43,8 +53,6 @@ Prepare = Callable[[nn.Module, torch.optim.Optimizer, DataLoader],
                    tuple[nn.Module, torch.optim.Optimizer, DataLoader]]
 """``prepare(model, optimizer, loader) -> (model, optimizer, loader)``: wraps the three before training."""
 
-LABEL_SMOOTHING = 0.1
-
 
 def label_loss(model: nn.Module, images: Tensor, labels: Tensor, outputs: Outputs) -> Tensor:
     """The default objective: cross-entropy with label smoothing 0.1 (as DeiT trains); for a model with
@@ -54,6 +62,7 @@ def label_loss(model: nn.Module, images: Tensor, labels: Tensor, outputs: Output
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: the same seed gives the same weights and batches."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -91,16 +100,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     if total == 0:
         raise ValueError("Cannot evaluate on an empty data set.")
     return 100.0 * correct / total
-
-
-@dataclass
-class TrainResult:
-    top1: float
-    """Final test top-1 accuracy (%)."""
-    epochs: int
-    train_seconds: float
-    train_img_per_s: float
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def fit(
@@ -153,9 +152,9 @@ def fit(
     gen = torch.Generator().manual_seed(profile.seed)
     history: list[dict[str, float]] = []
     seen, before, first = 0, 0.0, 0
-    settings = _training_settings(profile)
+    settings = checkpoints.training_settings(profile)
     if resume is not None and Path(resume).exists():
-        state = _training_state(Path(resume), settings)
+        state = checkpoints.load_training_state(Path(resume), settings)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -180,7 +179,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             value.backward()
             if prepare is None:
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             opt.step()
             sched.step()
             running += value.item() * y.numel()
@@ -192,7 +191,7 @@ def fit(
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "generator": gen.get_state(), "epoch": epoch + 1, "history": history, "seen": seen,
                      "seconds": before + time.perf_counter() - start, "trained_with": settings}
-            write_atomic(Path(resume), lambda f: torch.save(state, f))
+            checkpoints.save_training_state(Path(resume), state)
         if log is not None:
             log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / max(images, 1):.3f}, test top-1 {top1:.2f}%")
     elapsed = before + time.perf_counter() - start
@@ -200,20 +199,8 @@ def fit(
 
 
 def _is_main_process() -> bool:
+    """Whether this process writes files: the only one, or rank 0 under ``torch.distributed``."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def _training_state(path: Path, settings: dict) -> dict:
-    """A saved training state, loaded tensors-only; one from another training is refused by name."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"Training state {path} cannot be loaded: {_unreadable(path, exc)}; delete it to "
-                              "start the training afresh.") from None
-    if not isinstance(state, dict) or state.get("trained_with") != settings:
-        raise CheckpointError(f"Training state {path} was written by a training with other settings; delete it to "
-                              "start afresh, or resume with the settings that wrote it.")
-    return state
 
 
 def finetune(
@@ -245,162 +232,40 @@ def baseline_config(profile: Profile) -> ViTConfig:
     )
 
 
-TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epochs", "batch_size", "lr",
-                   "weight_decay", "warmup_epochs", "augment", "amp", "seed")
-"""The profile fields that decide what training the baseline produces; a checkpoint is reused only if
-they match. The teacher's settings replace ``baseline`` by ``teacher_channels``."""
+def _trainer(build: Callable[[], nn.Module], profile: Profile, root: str | Path | None,
+             log: Callable[[str], None] | None) -> Callable[[], tuple[nn.Module, TrainResult]]:
+    """The training :func:`vitsurvey.checkpoints.load_or_train` runs when no checkpoint fits: seeded before the
+    model is built, so its initial weights, and so the trained model, are the same in every run."""
+
+    def train() -> tuple[nn.Module, TrainResult]:
+        seed_everything(profile.seed)
+        model = build()
+        train_loader, test_loader = vdata.loaders(profile, root)
+        return model, fit(model, train_loader, test_loader, profile, log=log)
+
+    return train
 
 
-_LATER_CONFIG_FIELDS = ("class_token", "global_pool", "mixer", *mixers.SETTINGS)
-
-
-def _config_key(cfg: ViTConfig) -> dict:
-    """A ViT config as part of a checkpoint's key. The pooling and token-mixer fields were added to
-    ViTConfig later; at their defaults they are left out, so a checkpoint trained before they existed
-    keeps its name and is still found."""
-    out = asdict(cfg)
-    for f in dataclasses.fields(ViTConfig):
-        if f.name in _LATER_CONFIG_FIELDS and out[f.name] == f.default:
-            del out[f.name]
-    return out
-
-
-def _training_settings(profile: Profile, kind: str = "baseline") -> dict:
-    settings = {k: v for k, v in asdict(profile).items() if k in TRAINING_FIELDS}
-    settings["baseline"] = _config_key(profile.baseline)
-    if kind == "teacher":
-        settings.pop("baseline")
-        settings["teacher_channels"] = profile.teacher_channels
-    return settings
-
-
-def checkpoint_path(profile: Profile, kind: str = "baseline") -> Path:
-    """Where the profile's trained ``kind`` (``"baseline"`` or ``"teacher"``) is kept: named by profile,
-    data set and a digest of the training settings, so models trained differently (e.g. notebook 06's
-    many-token baseline) never overwrite each other."""
-    settings = json.dumps(_training_settings(profile, kind), sort_keys=True, default=str)
-    digest = hashlib.sha1(settings.encode()).hexdigest()[:8]
-    return project_root() / "checkpoints" / f"{kind}_{profile.name}_{profile.dataset}_{digest}.pt"
-
-
-def save(model: nn.Module, result: TrainResult, path: Path, settings: dict) -> None:
-    """Save weights, the ViT config (for a ViT), training record and training settings; atomically and
-    under the file's lock (:func:`vitsurvey.results.write_atomic`)."""
-    checkpoint = {
-        "config": asdict(model.cfg) if isinstance(model, VisionTransformer) else None,
-        "state_dict": model.state_dict(),
-        "result": asdict(result),
-        "trained_with": settings,
-    }
-    write_atomic(path, lambda f: torch.save(checkpoint, f))
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded into the model it should hold: empty, cut off, corrupt, holding
-    more than tensors, or saved from a different model."""
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was set aside or could not be written; training went on."""
-
-
-def _unreadable(path: Path, exc: BaseException) -> str:
-    """Why ``torch.load`` failed, in words (torch's own message advises loading the file unsafely)."""
-    if path.stat().st_size == 0:
-        return "the file is empty"
-    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
-        return "it holds Python objects beyond tensors, numbers and strings, which are never loaded (loading them can run code)"
-    with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive: this one is damaged
-    if zipped or isinstance(exc, EOFError):
-        return "it is cut off (a write that did not finish) or corrupt"
-    return "it is not a file torch.save wrote, or it is corrupt"
-
-
-def load(path: Path, build: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, TrainResult, dict]:
-    """A saved model, its training record, and the training settings (a dict) that produced it.
-    ``build`` makes the empty model to load into (default: the ViT the checkpoint's config describes).
-
-    Only tensors and plain containers are unpickled (``weights_only=True``). A file that cannot be loaded
-    raises :class:`CheckpointError` naming it and saying why."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before failing on it
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"Checkpoint {path} cannot be loaded: {_unreadable(path, exc)}.") from None
-    needed = {"state_dict", "result"} | ({"config"} if build is None else set())
-    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise CheckpointError(f"Checkpoint {path} is not a vitsurvey checkpoint (it lacks "
-                              f"{', '.join(sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed))}).")
-    try:
-        model = build() if build is not None else VisionTransformer(ViTConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["state_dict"])
-        result = TrainResult(**ckpt["result"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"Checkpoint {path} does not fit the model it should hold: {first}") from None
-    return model.eval(), result, ckpt.get("trained_with", {})
-
-
-def _set_aside(path: Path, why: CheckpointError) -> None:
-    """Move an unloadable checkpoint to ``<name>.damaged`` (kept for inspection, never loaded) and warn."""
-    aside = path.with_name(path.name + ".damaged")
-    try:
-        os.replace(path, aside)
-        where = f"moved it to {aside.name}"
-    except OSError as exc:
-        where = f"could not move it aside ({exc.strerror or exc})"
-    warnings.warn(f"{why} {where.capitalize()}; training the model again.", CheckpointWarning, stacklevel=4)
-
-
-def _trained_once(
-    kind: str, build: Callable[[], nn.Module], profile: Profile, root: str | Path | None, retrain: bool,
-    log: Callable[[str], None] | None,
-) -> tuple[nn.Module, TrainResult]:
-    """Load ``kind`` from ``checkpoints/`` if it was trained with these settings, else train and save it.
-
-    A checkpoint that cannot be loaded is set aside and the model retrained; a checkpoint folder that cannot
-    be written loses nothing but the cache: the trained model is returned with a warning."""
-    path, settings = checkpoint_path(profile, kind), _training_settings(profile, kind)
-    if path.exists() and not retrain:
-        try:
-            model, result, trained_by = load(path, build)
-        except CheckpointError as exc:
-            _set_aside(path, exc)
-        else:
-            if trained_by == settings:
-                return model, result
-    seed_everything(profile.seed)
-    model = build()
-    train_loader, test_loader = vdata.loaders(profile, root)
-    result = fit(model, train_loader, test_loader, profile, log=log)
-    try:
-        save(model.cpu().eval(), result, path, settings)
-    except OSError as exc:
-        warnings.warn(
-            f"The trained {kind} could not be saved to {path} ({exc.strerror or exc}); it is used now but not kept, "
-            f"so the next run trains it again. Make {path.parent} writable, or set $VITSURVEY_OUTPUT to a "
-            "writable directory.", CheckpointWarning, stacklevel=3)
-    return model.cpu().eval(), result
-
-
-def baseline(
+def trained_baseline(
     profile: Profile,
     root: str | Path | None = None,
     retrain: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> tuple[VisionTransformer, TrainResult]:
     """The profile's trained baseline ViT: loaded from ``checkpoints/`` if it was trained before with
-    the same training settings (:data:`TRAINING_FIELDS`), else trained now on the profile's data and saved."""
-    model, result = _trained_once("baseline", lambda: VisionTransformer(baseline_config(profile)), profile, root,
-                                  retrain, log)
+    the same training settings (:data:`vitsurvey.checkpoints.TRAINING_FIELDS`), else trained now on the
+    profile's data and saved."""
+
+    def build() -> nn.Module:
+        return VisionTransformer(baseline_config(profile))
+
+    model, result = checkpoints.load_or_train("baseline", build, profile, _trainer(build, profile, root, log),
+                                              retrain)
     assert isinstance(model, VisionTransformer)
     return model, result
 
 
-def teacher(
+def trained_teacher(
     profile: Profile,
     root: str | Path | None = None,
     retrain: bool = False,
@@ -411,6 +276,87 @@ def teacher(
     the same data, for ``teacher_epochs``, once per profile and then loaded from ``checkpoints/``."""
     p = profile.replace(epochs=profile.teacher_epochs or profile.epochs)
     cfg = baseline_config(p)  # the data set's channels and classes
-    return _trained_once(
-        "teacher", lambda: small_resnet(cfg.in_chans, cfg.num_classes, p.teacher_channels), p, root, retrain, log
-    )
+
+    def build() -> nn.Module:
+        return small_resnet(cfg.in_chans, cfg.num_classes, p.teacher_channels)
+
+    return checkpoints.load_or_train("teacher", build, p, _trainer(build, p, root, log), retrain)
+
+
+# --------------------------------------------------------------------------- one model by name
+def model_by_name(name: str, profile: Profile, channels: int, classes: int, img_size: int) -> nn.Module:
+    """``baseline`` (the profile's ViT), ``teacher`` (its small ResNet), a token mixer's ViT (``mixer:NAME``), or
+    any timm model by name, sized for the data set."""
+    cfg = baseline_config(profile)
+    if name == "baseline":
+        return VisionTransformer(cfg)
+    if name == "teacher":
+        return small_resnet(channels, classes, profile.teacher_channels)
+    if name.startswith("mixer:"):
+        mixer = name.split(":", 1)[1]
+        if mixer not in mixers.MIXERS:
+            raise ValueError(f"unknown token mixer {mixer!r}; valid: {', '.join(mixers.MIXERS)}")
+        return VisionTransformer(cfg.with_mixer(mixer))
+    return create(name, img_size=img_size, in_chans=channels, num_classes=classes)
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`train_by_name` trained, as its main process reports it."""
+
+    model: nn.Module
+    """The trained model, on the CPU, in eval mode."""
+    result: TrainResult
+    profile: Profile
+    """The settings it was trained with (the data set resolved to the one found)."""
+    image_shape: tuple[int, int, int]
+    """One input image's channels, height and width."""
+    world: int
+    """How many processes trained it."""
+    device: torch.device
+    state: Path
+    """The training-state file it resumed from and wrote."""
+
+
+def train_by_name(
+    name: str,
+    profile: Profile,
+    root: str | Path | None = None,
+    init: Path | None = None,
+    state: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainedModel | None:
+    """Train the model :func:`model_by_name` builds on the profile's data set, in one process or, under
+    ``torchrun``, in several with DDP (:mod:`vitsurvey.distributed`); resumable from ``state`` (default:
+    :func:`vitsurvey.checkpoints.training_state_path`). ``init``: a file whose weights the model starts from
+    where names and shapes agree. Returns what was trained in the main process, None in the others (which
+    neither log nor report)."""
+    if root is None:
+        profile = vdata.resolve(profile)
+    ctx = distributed.init(profile.device)
+    try:
+        info = vdata.DATASETS[profile.dataset]
+        train_loader, test_loader = vdata.loaders(profile, root)
+        x0 = test_loader.dataset[0][0]
+        channels, size = int(x0.shape[0]), int(x0.shape[-1])
+        found = getattr(getattr(train_loader.dataset, "dataset", train_loader.dataset), "classes", None)  # ImageFolder
+        classes = len(found) if found else info.num_classes or baseline_config(profile).num_classes
+        seed_everything(profile.seed)
+        model = model_by_name(name, profile, channels, classes, size)
+        said = log if ctx.main else None
+        if init is not None:
+            kept, total = checkpoints.initialise_from(model, Path(init))
+            if said:
+                said(f"initialised {kept} of {total} tensors from {init} (the others, e.g. a head for another "
+                     "set of classes, start fresh)")
+        state = Path(state) if state is not None else checkpoints.training_state_path(name, profile)
+        if said:
+            said(f"training {name} on {vdata.describe(profile.dataset)} ({len(train_loader.dataset)} images), "
+                 f"{ctx.world} process(es) on {ctx.device}, global batch {profile.batch_size}; state: {state}")
+        result = fit(model, train_loader, test_loader, profile.replace(device=str(ctx.device)), log=said,
+                     prepare=distributed.prepare(ctx, profile.seed), resume=state)
+        if not ctx.main:
+            return None
+        return TrainedModel(model.cpu().eval(), result, profile, (channels, size, size), ctx.world, ctx.device, state)
+    finally:
+        distributed.shutdown()

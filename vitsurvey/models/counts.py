@@ -1,4 +1,10 @@
-"""How big a model is: parameters and MACs counted from a config, and parameters counted on a built model."""
+"""How big a model is: parameters counted on a built model, and parameters and MACs of a ViT from its shape.
+
+The counted sizes (:func:`count_params`, :func:`nonzero_params`) read whatever a model holds, torch.ao's
+packed int8 weights included (:func:`packed_weights`). The analytic ones (:func:`vit_params`,
+:func:`vit_macs`) are the formulas of notebook 01, per component, with fvcore's conventions so that each
+term can be checked against fvcore's count of the real model (:func:`vitsurvey.measure.count_macs`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import mixers
+from . import mixers
 from .vit import ViTConfig
 
-__all__ = ["count_params", "packed_weights", "vit_macs", "vit_params"]
+__all__ = ["count_params", "nonzero_params", "packed_weights", "vit_macs", "vit_params"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -33,10 +39,17 @@ def packed_weights(model: nn.Module) -> list[torch.Tensor]:
             for t in m._weight_bias() if t is not None]
 
 
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero (what storage in a sparse format would keep, and what unstructured
+    pruning saves), packed int8 weights included (zero after rounding to int8: a weight smaller than half a
+    step becomes one)."""
+    tensors = [*model.parameters(), *packed_weights(model)]
+    return int(sum(int(torch.count_nonzero(t.dequantize() if t.is_quantized else t)) for t in tensors))
+
 
 def vit_params(cfg: ViTConfig) -> dict[str, int]:
     """Parameters of a plain ViT per component (the formulas of notebook 01); a mixer other than
-    softmax attention replaces ``qkv`` and ``attn_proj`` by ``mixer`` (:func:`vitsurvey.mixers.params`)."""
+    softmax attention replaces ``qkv`` and ``attn_proj`` by ``mixer`` (:func:`vitsurvey.models.mixers.params`)."""
     D, M, P = cfg.embed_dim, cfg.mlp_hidden, cfg.patch_size
     mixing = ({"qkv": 3 * D * D + 3 * D, "attn_proj": D * D + D} if cfg.mixer == "attention"
               else {"mixer": mixers.params(cfg)})
@@ -73,7 +86,7 @@ def vit_macs(
     keys, d the head width). The final LayerNorm sees what the last block outputs.
 
     A mixer other than softmax attention (``cfg.mixer``) replaces the four attention terms by its own
-    (:func:`vitsurvey.mixers.macs`); such a model has a fixed token count, so ``tokens`` and ``merges``
+    (:func:`vitsurvey.models.mixers.macs`); such a model has a fixed token count, so ``tokens`` and ``merges``
     must stay unset. With average pooling the final LayerNorm sees one vector per image.
 
     Conventions follow fvcore so the two can be compared term by term: a matrix product counts its

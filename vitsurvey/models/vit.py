@@ -1,4 +1,4 @@
-"""A Vision Transformer written from first principles, and timm models built for honest counting.
+"""A Vision Transformer written from first principles: its config, the model, and what wraps it needs.
 
 :class:`VisionTransformer` follows Dosovitskiy et al. (2021) as timm implements it, module for
 module and name for name, so that a timm ``VisionTransformer`` state dict loads into it unchanged and
@@ -6,25 +6,24 @@ gives the same logits. Being our own code, it can expose what later notebooks ne
 private: the attention probabilities of every block, and a *token step* called between blocks that
 may drop, merge or reorder tokens (token pruning, EViT, Patch Slimming, ToMe).
 
-:func:`create` builds any timm model by name, with a clear error (and close names) for a typo.
+:class:`ViTConfig` is the model's shape and token mixer; the mixer of every block is built from it by
+:mod:`vitsurvey.models.mixers` and handed to its :class:`~vitsurvey.models.layers.Block`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
 
-from .. import _compat, mixers
-from ..mixers import Attention
+from ..checks import whole
+from . import mixers
+from .layers import Block
 
-_compat.ensure_torchvision_importable()
-import timm  # noqa: E402  (must follow the torchvision fix)
+__all__ = ["PRESETS", "PatchEmbed", "TokenStep", "ViTConfig", "VisionTransformer", "init_weights", "require_plain"]
 
 TokenStep = Callable[[int, Tensor, Tensor], Tensor]
 """``step(block_index, tokens, attn) -> tokens``: called after each block with that block's output
@@ -39,8 +38,8 @@ class ViTConfig:
     The defaults are timm's ``VisionTransformer``: a class token read by the head, softmax attention in
     every block. ``class_token=False, global_pool="avg"`` averages the patch tokens instead (timm's
     option, and the pooling of Swin, PVT, PoolFormer and GFNet). ``mixer`` replaces softmax attention
-    by another token mixer (:mod:`vitsurvey.mixers`); the one field named beside it in
-    :data:`~vitsurvey.mixers.MIXERS` sets it, the others stay 0. :meth:`with_mixer` builds such a
+    by another token mixer (:mod:`vitsurvey.models.mixers`); the one field named beside it in
+    :data:`~vitsurvey.models.mixers.MIXERS` sets it, the others stay 0. :meth:`with_mixer` builds such a
     config from this one.
     """
 
@@ -63,9 +62,7 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive whole number, not {value!r}.")
+            whole(name, getattr(self, name), minimum=1)
         if not (isinstance(self.mlp_ratio, (int, float)) and math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio must be a positive number, not {self.mlp_ratio!r}.")
         if self.img_size % self.patch_size:
@@ -114,7 +111,7 @@ class ViTConfig:
         unknown = set(setting) - {own}
         if unknown:
             raise ValueError(f"mixer {mixer!r} takes {own or 'no setting'}, not {', '.join(sorted(unknown))}.")
-        values = dict.fromkeys(("window", "features", "rank", "reduction", "kernel"), 0)
+        values = dict.fromkeys(mixers.SETTINGS, 0)
         if own == "kernel":
             values["kernel"] = 3
         values.update(setting)
@@ -206,41 +203,6 @@ class PatchEmbed(nn.Module):
                              + ("; add a batch dimension (x.unsqueeze(0))" if x.dim() == 3 else "")
                              + "; resize the images or build the model for their size (ViTConfig.img_size).")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm Transformer block: x + Mix(LN(x)), then x + MLP(LN(x)). The mixer is softmax attention
-    unless the config names another (:mod:`vitsurvey.mixers`); it keeps the name ``attn`` either way."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, mixer: nn.Module | None = None) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = mixer if mixer is not None else Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, mlp_hidden)
-
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        if isinstance(self.attn, Attention):
-            y, attn = self.attn(self.norm1(x), need_weights)
-        elif need_weights:
-            raise ValueError(f"{type(self.attn).__name__} forms no attention matrix: attention maps, token steps and "
-                             "token reduction need softmax attention (mixer='attention').")
-        else:
-            y, attn = self.attn(self.norm1(x)), None
-        x = x + y
-        x = x + self.mlp(self.norm2(x))
-        return x, attn
 
 
 class VisionTransformer(nn.Module):
@@ -356,133 +318,3 @@ def require_plain(model: nn.Module, what: str) -> None:
         found = f"mixer {cfg.mixer!r}" if cfg.mixer != "attention" else "no class token"
         raise ValueError(f"{what} needs softmax attention in every block and a class token; this model has {found}. "
                          "Use a config with the default mixer and class_token=True.")
-
-
-def small_resnet(
-    in_chans: int, num_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128), blocks_per_stage: int = 1
-) -> nn.Module:
-    """A timm ResNet (basic blocks) sized for small images: a 3 x 3 stride-1 stem and no max-pool, as
-    ResNets for CIFAR-sized inputs are built, so a 28-pixel image is not reduced to 7 pixels before the
-    first block. Four stages (timm's ResNet has four), each after the first halving the resolution;
-    ``channels`` sets their widths.
-
-    Notebook 07 trains it as the convolutional teacher: timm's class, only the stem adapted."""
-    from timm.models.resnet import BasicBlock, ResNet
-
-    if len(channels) != 4 or min(channels) < 1 or channels[0] % 2:
-        raise ValueError(f"channels must be four positive widths, one per stage, the first even; not {channels!r}.")
-    # timm's plain stem is 64 wide; its "deep" stem is 2 x stem_width wide, which lets the stem match
-    # the first stage. That stem (three convolutions, stride 2) is then replaced by one stride-1 conv.
-    net = ResNet(BasicBlock, layers=(blocks_per_stage,) * len(channels), channels=channels, in_chans=in_chans,
-                 num_classes=num_classes, stem_type="deep", stem_width=channels[0] // 2)
-    net.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
-
-
-def timm_vit(cfg: ViTConfig, **kw: object) -> nn.Module:
-    """timm's own ``VisionTransformer`` with the same shape as ``cfg`` (the independent reference)."""
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    return TimmViT(**cfg.timm_kwargs(), **kw)  # type: ignore[arg-type]
-
-
-def machine_memory_bytes() -> int:
-    """The memory a model may use here: the GPU's if one is present, else the machine's RAM."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def forward_bytes(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """A lower bound on the memory one forward pass of ``model`` (built on the meta device) needs at input
-    ``shape``: its weights, plus its two largest module outputs, plus, for attention, the (heads, N, N) score
-    matrix that the fused kernel still forms on CPU. Shapes are propagated on the meta device, so nothing
-    is allocated: it answers "would this even fit?" before anything is built for real."""
-    outputs: list[int] = []
-    scores = [0]
-
-    def record(module: nn.Module, inputs: tuple, out: object) -> None:
-        if isinstance(out, Tensor):
-            outputs.append(out.numel() * out.element_size())
-        heads = getattr(module, "num_heads", None)
-        if isinstance(heads, int) and inputs and isinstance(inputs[0], Tensor) and inputs[0].dim() == 3:
-            b, n, _ = inputs[0].shape
-            scores[0] = max(scores[0], b * heads * n * n * inputs[0].element_size())
-
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(torch.empty(shape, device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + sum(sorted(outputs)[-2:]) + scores[0]
-
-
-def _check_fits(name: str, img_size: int, kwargs: dict) -> None:
-    """Refuse an image size whose single-image forward pass clearly exceeds this machine's memory, before
-    allocating anything (the model is first built on the meta device)."""
-    try:
-        with torch.device("meta"):
-            try:
-                meta = timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
-            except TypeError as exc:
-                if "img_size" not in str(exc):
-                    raise
-                meta = timm.create_model(name, pretrained=False, **kwargs)
-        channels = getattr(meta, "pretrained_cfg", {}).get("input_size", (3,))[0]
-        need = forward_bytes(meta.eval(), (1, channels, img_size, img_size))
-    except Exception:  # a model that cannot be traced on the meta device is built and measured for real
-        return
-    have = machine_memory_bytes()
-    if need > have:
-        gib = 2**30
-        raise ValueError(
-            f"{name} at {img_size} px needs at least {need / gib:,.1f} GiB for a single image's forward pass; this "
-            f"machine has {have / gib:,.1f} GiB. Choose a smaller image size.")
-
-
-def _check_pretrained_tag(name: str) -> None:
-    """``arch.tag`` names one of timm's released weight sets; an unknown tag is explained with the ones there are."""
-    arch, _, tag = name.partition(".")
-    known = timm.list_pretrained(f"{arch}.*")
-    if name not in known:
-        tags = ", ".join(k.partition(".")[2] for k in known) or "none"
-        raise ValueError(
-            f"{arch!r} has no pretrained tag {tag!r}. The part after the dot picks one of timm's released weight "
-            f"sets (and the preprocessing they were trained with); {arch}'s tags are: {tags}. Leave the tag off "
-            "for the default.")
-
-
-def create(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: object) -> nn.Module:
-    """Build the timm model ``name`` in eval mode.
-
-    ``img_size`` is passed to the models whose constructor takes it (transformers, whose position
-    embeddings depend on it); models without that argument (CNNs such as ResNet-50) take any input
-    size as built, so they are built without it. An ``img_size`` that must be positive, and whose forward pass
-    clearly exceeds this machine's memory (:func:`forward_bytes`), is refused before anything is allocated.
-    FLOPs: timm's attention runs through ``scaled_dot_product_attention``, which fvcore cannot see;
-    :func:`vitsurvey.measure.count_macs` registers a counter for it, so the fused (fast) path stays on
-    and is still counted. ``pretrained=True`` downloads weights and so needs a network.
-    """
-    if not timm.is_model(name.split(".")[0]):  # "arch.pretrained_tag" names are allowed
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown model {name!r}: timm has no such architecture.{hint} "
-            "List the names with timm.list_models('*pattern*')."
-        )
-    if "." in name:
-        _check_pretrained_tag(name)
-    if img_size is not None:
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
-            raise ValueError(f"img_size must be a positive whole number of pixels, not {img_size!r}.")
-        _check_fits(name, img_size, kwargs)
-        try:
-            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs).eval()
-        except TypeError as exc:
-            if "img_size" not in str(exc):
-                raise
-    return timm.create_model(name, pretrained=pretrained, **kwargs).eval()

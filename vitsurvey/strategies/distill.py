@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import ViTConfig, VisionTransformer, require_plain
+from ..profiles import LABEL_SMOOTHING
+
+__all__ = ["Distillation", "DistilledViT", "KINDS", "hard_loss", "soft_loss"]
 
 KINDS = ("soft", "hard")
 
@@ -67,7 +70,7 @@ class Distillation:
     """Weight of the teacher term; ``1 - alpha`` goes to the labels."""
     tau: float = 1.0
     """Temperature of the soft loss (unused by the hard loss)."""
-    label_smoothing: float = 0.1
+    label_smoothing: float = LABEL_SMOOTHING
     """Of the label term, as :func:`vitsurvey.train.label_loss` and DeiT's base criterion."""
 
     def __post_init__(self) -> None:

@@ -32,7 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import whole
 from ..models import Block, Mlp, ViTConfig, VisionTransformer, init_weights
+from ..models.counts import vit_macs
+
+__all__ = ["ConcatPlexer", "ImageMultiplexer", "TRANSFORMS", "macs_per_image", "method_of", "pooled_output"]
 
 TRANSFORMS = ("orthogonal", "hadamard")
 """The Image Multiplexer's fixed per-slot transforms (DataMUX's two kinds)."""
@@ -48,11 +52,6 @@ def _check_vit(vit: nn.Module, what: str) -> ViTConfig:
     if ViTConfig.of(vit) is None:
         raise ValueError(f"{what} needs an unpruned backbone whose blocks match its config.")
     return vit.cfg
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
 
 
 def _pad(x: Tensor, n: int) -> tuple[Tensor, int]:
@@ -89,7 +88,7 @@ class ImageMultiplexer(nn.Module):
     def __init__(self, vit: VisionTransformer, n: int, transform: str = "orthogonal", seed: int = 0) -> None:
         super().__init__()
         cfg = _check_vit(vit, "ImageMultiplexer")
-        _check_count("n", n)
+        whole("n", n, minimum=1)
         if transform not in TRANSFORMS:
             raise ValueError(f"Unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}.")
         self.vit, self.n, self.transform = vit, n, transform
@@ -148,9 +147,9 @@ class ConcatPlexer(nn.Module):
     def __init__(self, vit: VisionTransformer, n: int, k: int, patchifier_depth: int = 1) -> None:
         super().__init__()
         cfg = _check_vit(vit, "ConcatPlexer")
-        _check_count("n", n)
-        _check_count("k", k)
-        _check_count("patchifier_depth", patchifier_depth)
+        whole("n", n, minimum=1)
+        whole("k", k, minimum=1)
+        whole("patchifier_depth", patchifier_depth, minimum=1)
         side = math.isqrt(k)
         if side * side != k or cfg.grid % side:
             sides = [s for s in range(1, cfg.grid + 1) if cfg.grid % s == 0]
@@ -203,9 +202,7 @@ def pooled_output(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _block_macs(cfg: ViTConfig, tokens: int) -> int:
-    """MACs of one Transformer block of ``cfg``'s width over ``tokens`` tokens (measure.vit_macs's convention)."""
-    from ..measure import vit_macs
-
+    """MACs of one Transformer block of ``cfg``'s width over ``tokens`` tokens (:func:`vit_macs`'s convention)."""
     one = vit_macs(replace(cfg, depth=1), tokens=tokens)
     return one["total"] - one["patch_embed"] - one["head"] - 5 * cfg.embed_dim * (
         tokens if cfg.global_pool == "token" else 1)
@@ -216,11 +213,9 @@ def macs_per_image(model: nn.Module) -> dict[str, float]:
 
     A group of n images costs n patch embeddings, n transforms (or patchifiers and C-multiplexers), one
     backbone pass, n demultiplexers and n heads; per image, the backbone's share is divided by n. The
-    conventions are :func:`vitsurvey.measure.vit_macs`'s (fvcore's): matrix products and convolutions count
-    their multiply-adds, LayerNorm 5 per element, element-wise products, averages, GELU and softmax 0.
+    conventions are :func:`vitsurvey.models.counts.vit_macs`'s (fvcore's): matrix products and convolutions
+    count their multiply-adds, LayerNorm 5 per element, element-wise products, averages, GELU and softmax 0.
     """
-    from ..measure import vit_macs
-
     if isinstance(model, VisionTransformer):
         plain = vit_macs(model.cfg)
         return {"patch_embed": plain["patch_embed"], "backbone": plain["total"] - plain["patch_embed"] - plain["head"],
@@ -248,7 +243,7 @@ def macs_per_image(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
+def method_of(model: nn.Module) -> dict[str, Any]:
     """Method name and setting of a plain ViT or a multiplexer, as results rows spell them."""
     if isinstance(model, ImageMultiplexer):
         return {"method": f"Image Multiplexer ({model.transform})", "n": model.n, "k": None}

@@ -2,6 +2,7 @@
 
 Unstructured magnitude pruning zeroes the smallest weights. The matrices keep their shape, so dense
 kernels do exactly the same work: fewer non-zeros, same time (notebook 05 measures it).
+:func:`nonzero_params` (at home in :mod:`vitsurvey.models.counts`) counts what a sparse format would keep.
 
 Structured pruning removes whole attention heads and MLP neurons and rebuilds the layers smaller, so
 every matrix product shrinks and time falls with it. Importance, for a block with QKV weight
@@ -28,15 +29,21 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from ..models import Attention, Mlp, VisionTransformer, require_plain
+from ..models.counts import nonzero_params
+
+__all__ = [
+    "head_importance", "magnitude_prune", "make_permanent", "mask_structured", "neuron_importance", "nonzero_params",
+    "prune_structured", "removed_fraction", "select_structures", "sparsity_of",
+]
 
 
 def _block_linears(model: VisionTransformer) -> list[nn.Linear]:
     return [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)]
 
 
-def _check_fraction(value: float, name: str) -> None:
+def _check_fraction(value: float, name: str, meaning: str = "the fraction removed") -> None:
     if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1): the fraction removed; got {value}.")
+        raise ValueError(f"{name} must be in [0, 1): {meaning}; got {value}.")
 
 
 # --------------------------------------------------------------------------- unstructured
@@ -78,11 +85,6 @@ def sparsity_of(model: VisionTransformer) -> float:
     return zeros / sum(w.numel() for w in weights)
 
 
-def nonzero_params(model: nn.Module) -> int:
-    """Parameters that are not exactly zero (what storage in a sparse format would keep)."""
-    return sum(int((p != 0).sum()) for p in model.parameters())
-
-
 # --------------------------------------------------------------------------- structured
 
 
@@ -108,11 +110,7 @@ def select_structures(
 ) -> list[tuple[Tensor, Tensor]]:
     """For each block, the indices of the heads and MLP neurons to keep (sorted)."""
     require_plain(model, "Head and neuron pruning")
-    if ratio < 0 or ratio >= 1:
-        raise ValueError(
-            f"A pruning ratio of {ratio} is invalid: it is the fraction of heads and neurons removed, in "
-            "[0, 1); a ratio of 1 or more would remove every head."
-        )
+    _check_fraction(ratio, "ratio", "the fraction of heads and neurons removed (1 or more would remove every head)")
     chosen = set(range(len(model.blocks)) if blocks is None else blocks)
     if not chosen <= set(range(len(model.blocks))):
         raise ValueError(f"blocks {sorted(chosen)} are not all in 0..{len(model.blocks) - 1}.")

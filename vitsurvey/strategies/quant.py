@@ -25,13 +25,23 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from ..checks import is_whole
+from ..models.layers import merge_heads, split_qkv
+
+__all__ = [
+    "GELU_CHOICES", "LAYERNORM_CHOICES", "Log2Quantizer", "METHODS", "QuantConfig", "QuantViT", "SOFTMAX_CHOICES",
+    "TwinUniform", "UniformQuantizer", "calibrate", "compiled", "dynamic_int8", "power_of_two_factors", "qrange",
+    "torchao_int8",
+]
 
 METHODS = ("minmax", "percentile", "mse")
 
 
 def _check_bits(bits: int) -> None:
-    if not isinstance(bits, int) or not 1 <= bits <= 16:
+    if not is_whole(bits, 1, 16):
         raise ValueError(f"bits must be an integer from 1 to 16, got {bits!r}.")
 
 
@@ -303,8 +313,6 @@ class QuantViT(torch.nn.Module):
         self.quantizers: dict[str, object] | None = None
 
     def _blocks(self, x: Tensor, q, collect: dict[str, list[Tensor]] | None) -> Tensor:  # type: ignore[no-untyped-def]
-        import torch.nn.functional as F
-
         def site(name: str, t: Tensor) -> Tensor:
             if collect is not None:
                 collect.setdefault(name, []).append(t.detach())
@@ -317,13 +325,12 @@ class QuantViT(torch.nn.Module):
         for i, blk in enumerate(self.vit.blocks):
             p = f"{i}."
             att = blk.attn
-            B, N, _ = x.shape
             h = blk.norm1(site(p + "ln1_in", x))
             qkv = F.linear(site(p + "qkv_in", h), weight(p + "qkv_w", att.qkv.weight), att.qkv.bias)
-            qq, kk, vv = qkv.reshape(B, N, 3, att.num_heads, att.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            qq, kk, vv = split_qkv(qkv, att.num_heads, att.head_dim)
             qq, kk, vv = site(p + "q", qq), site(p + "k", kk), site(p + "v", vv)
             probs = site(p + "attn", ((qq * att.scale) @ kk.transpose(-2, -1)).softmax(dim=-1))
-            out = (probs @ vv).transpose(1, 2).reshape(B, N, att.num_heads * att.head_dim)
+            out = merge_heads(probs @ vv)
             x = x + F.linear(site(p + "proj_in", out), weight(p + "proj_w", att.proj.weight), att.proj.bias)
             h = blk.norm2(site(p + "ln2_in", x))
             h = blk.mlp.act(F.linear(site(p + "fc1_in", h), weight(p + "fc1_w", blk.mlp.fc1.weight), blk.mlp.fc1.bias))

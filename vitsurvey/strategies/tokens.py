@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import is_whole, whole
 from ..models import TokenStep, VisionTransformer, require_plain
+from ..models.layers import merge_heads, split_qkv
+
+__all__ = [
+    "SlimmingResult", "ToMe", "WithTokenStep", "bipartite_merge", "evit_schedule", "evit_step", "patch_significance",
+    "patch_slimming", "schedule_step", "step_sources", "tome_schedule",
+]
 
 
 def _check_keep(keep: float) -> None:
@@ -98,7 +105,7 @@ def evit_step(keep: float, blocks: Sequence[int], fuse: bool = True) -> TokenSte
     others into one token weighted by that attention. ``keep=1`` changes nothing."""
     _check_keep(keep)
     chosen = set(blocks)
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in chosen):
+    if not all(is_whole(b, minimum=0) for b in chosen):
         raise ValueError(f"blocks must be block indices (whole numbers >= 0), not {sorted(chosen, key=str)}.")
 
     def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
@@ -172,10 +179,8 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int) -> tuple[Te
 
 def tome_schedule(total: int, depth: int) -> list[int]:
     """Spread ``total`` merges over ``depth`` blocks as evenly as possible, earlier blocks first."""
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-        raise ValueError(f"total merges must be a whole number >= 0, not {total!r}.")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive whole number of blocks, not {depth!r}.")
+    whole("total merges", total, minimum=0)
+    whole("depth", depth, minimum=1)
     base, extra = divmod(total, depth)
     return [base + (1 if b < extra else 0) for b in range(depth)]
 
@@ -196,7 +201,7 @@ class ToMe(nn.Module):
         schedule = [r] * depth if isinstance(r, (int, float)) else list(r)
         if len(schedule) != depth:
             raise ValueError(f"r has {len(schedule)} entries for {depth} blocks; give one per block.")
-        if any(isinstance(r_, bool) or not isinstance(r_, int) for r_ in schedule) or min(schedule) < 0:
+        if not all(is_whole(r_, minimum=0) for r_ in schedule):
             raise ValueError(f"r (tokens merged per block) must be whole numbers >= 0, got {schedule}.")
         n = vit.cfg.num_tokens
         for i, ri in enumerate(schedule):
@@ -218,14 +223,10 @@ class ToMe(nn.Module):
 
     def _attention(self, block: nn.Module, x: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
         attn_mod = block.attn
-        B, N, _ = x.shape
-        h, d = attn_mod.num_heads, attn_mod.head_dim
-        qkv = attn_mod.qkv(block.norm1(x)).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = split_qkv(attn_mod.qkv(block.norm1(x)), attn_mod.num_heads, attn_mod.head_dim)
         bias = size.log()[:, None, None, :, 0]  # proportional attention: (B, 1, 1, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        y = attn_mod.proj(out.transpose(1, 2).reshape(B, N, h * d))
-        return y, k.mean(dim=1)
+        return attn_mod.proj(merge_heads(out)), k.mean(dim=1)
 
     def _run(self, x: Tensor, track: bool) -> tuple[Tensor, Tensor | None]:
         """The blocks with merging; with ``track``, also which input tokens each output token stands for."""
@@ -337,9 +338,8 @@ def patch_significance(vit: VisionTransformer, keep: list[Tensor], block: int, i
         x = outs[block - 1]  # output of the previous block: every available token
         blk = vit.blocks[block]
         _, attn = blk(x, need_weights=True)
-        B, n, _ = x.shape
-        v = blk.attn.qkv(blk.norm1(x)).reshape(B, n, 3, blk.attn.num_heads, blk.attn.head_dim)[:, :, 2]
-        v_norm = v.norm(dim=-1).mean(0).T.cpu()  # (heads, available tokens)
+        _, _, v = split_qkv(blk.attn.qkv(blk.norm1(x)), blk.attn.num_heads, blk.attn.head_dim)
+        v_norm = v.norm(dim=-1).mean(0).cpu()  # (heads, available tokens)
         w = torch.zeros(len(available))
         survivors = keep[block + 1] if block + 1 < len(keep) else torch.tensor([0])
         w[_positions(available, survivors)] = _relevance(maps, keep, block)
@@ -377,8 +377,7 @@ def patch_slimming(
     if sample.dim() != 4 or len(sample) == 0:
         raise ValueError(f"sample must be a non-empty batch of images (batch, channels, height, width), got shape "
                          f"{tuple(sample.shape)}.")
-    if r0 < 1:
-        raise ValueError(f"r0 (tokens added per step) must be at least 1, not {r0}.")
+    whole("r0 (tokens added per step)", r0, minimum=1)
     model = copy.deepcopy(vit).eval()
     L, everything = vit.cfg.depth, torch.arange(vit.cfg.num_tokens)
     with torch.no_grad():

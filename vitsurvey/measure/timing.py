@@ -1,0 +1,342 @@
+"""How fast a model runs: images per second over a batch sweep, per-pass times, latency, and the interleaved
+rounds behind every speed-up.
+
+Traps closed here (notebook 02 shows each on real numbers): timing without warm-up measures allocation and
+kernel selection; timing a GPU without synchronising measures only the kernel launches (:func:`throughput`
+does both right); on a CPU, glibc's allocator makes a timing depend on what the process allocated before
+(:func:`steady_allocator`). Two models timed minutes apart see different machines, so speed-ups are ratios
+taken within interleaved rounds (:func:`relative_throughput`), their ranges widened to the machine's
+run-to-run floor (:mod:`vitsurvey.measure.floor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import progress
+from ..checks import whole, whole_numbers
+from ..metrics import Spread
+from .floor import RerunFloor, rerun_floor
+
+__all__ = [
+    "Autocast", "Throughput", "Timings", "autocast_context", "free_cached", "is_oom", "latency_ms", "pass_times_ms",
+    "relative_throughput", "steady_allocator", "synchronize", "throughput",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has run what was queued: a GPU timing without it measures only the launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an error says the device ran out of memory: a result to record (the batch did not fit), not a
+    failure."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_cached(device: torch.device) -> None:
+    """Hand the CUDA allocator's cached blocks back after running out of memory, so what runs next starts
+    from an empty cache."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit machines
+_steady: bool | None = None
+
+
+def steady_allocator() -> bool:
+    """Fix the C allocator's thresholds in this process, so that CPU timings stop depending on what the
+    process allocated before; True where that was done (glibc), False elsewhere. Called by :func:`throughput`.
+
+    Why: glibc's ``malloc`` adapts two thresholds to the allocations it has seen. Blocks above the *mmap
+    threshold* get fresh pages from the kernel, and free memory above the *trim threshold* at the top of
+    the heap is handed back, so the next pass faults it in again. How often a model's activations take
+    that slow path then depends on the history of the process: measured on this project's 2-core CPU,
+    ViT-S/16 at batch 8 ran about 15% slower in the first timing of a fresh process than in later ones,
+    and int8 and fp32 were affected differently, so speed-ups moved between runs by more than any run's
+    spread. Setting both thresholds (mmap at glibc's 64-bit maximum, 32 MiB; trim at 1 GiB) turns the
+    adaptation off. The cost is memory: up to 1 GiB freed at the heap's top stays with the process.
+    Replacing the allocator (jemalloc or tcmalloc through ``LD_PRELOAD``, as PyTorch's CPU tuning guide
+    suggests) would do the same, but it must be set before Python starts and is not pip-installable;
+    ``mallopt`` works in a running kernel, so a notebook gets it without a restart.
+    """
+    global _steady
+    if _steady is None:
+        _steady = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _steady = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+            except (OSError, AttributeError):
+                _steady = False
+    return _steady
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on the device's type; no context at all for fp32 (or None), so that one code path
+    runs every precision."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Autocast(nn.Module):
+    """``model`` run under autocast to ``dtype`` (bf16 by default): a module, so that mixed precision can be
+    timed in the same interleaved rounds as fp32 (:func:`relative_throughput`)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(x.device, self.dtype):
+            return self.model(x)
+
+
+@dataclass
+class Throughput:
+    """Result of a batch-size sweep: the best rate and every batch tried."""
+
+    img_per_s: float | None
+    """Best images per second over the batches that fitted (None if none fitted)."""
+    batch_size: int | None
+    """The batch size that gave the best rate."""
+    per_batch: dict[int, float] = field(default_factory=dict)
+    max_batch_fitted: int | None = None
+    oom_at: int | None = None
+    """First batch size that ran out of memory, if any."""
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def _check_timing(warmup: int, iters: int, min_seconds: float) -> None:
+    """A timing with no timed pass returns nothing true (a rate of 0, or no median): refuse it."""
+    whole("iters", iters, minimum=1, hint="iters counts the timed passes.")
+    whole("warmup", warmup, minimum=0, hint="warmup counts the untimed passes before them.")
+    if not (math.isfinite(min_seconds) and min_seconds >= 0):
+        raise ValueError(f"min_seconds must be a finite number >= 0, not {min_seconds!r}.")
+
+
+def throughput(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    warmup: int = 2,
+    iters: int = 5,
+    min_seconds: float = 0.0,
+) -> Throughput:
+    """Images per second in inference, best over ``batch_sizes`` (S3's protocol, timm's contract).
+
+    For each batch size, in increasing order: ``warmup`` untimed passes, then at least ``iters`` timed
+    passes, continuing until ``min_seconds`` have elapsed (short runs are noisy), between device
+    synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at the first batch
+    size that runs out of memory; that size is recorded in ``oom_at``.
+    """
+    _check_timing(warmup, iters, min_seconds)
+    sizes = whole_numbers("batch sizes", batch_sizes, minimum=1)
+    if not sizes:
+        raise ValueError(f"batch sizes must hold at least one batch size, got {batch_sizes!r}.")
+    device = torch.device(device)
+    if device.type == "cpu":
+        steady_allocator()
+    model = model.to(device).eval()
+    result = Throughput(None, None, device=str(device), dtype=str(dtype or torch.float32).split(".")[-1])
+    for b in sorted(sizes):
+        try:
+            x = torch.randn(b, *input_shape, device=device)
+            with torch.inference_mode(), autocast_context(device, dtype):
+                for _ in range(warmup):
+                    model(x)
+                synchronize(device)
+                start, done = time.perf_counter(), 0
+                while done < iters or time.perf_counter() - start < min_seconds:
+                    model(x)  # the host may run ahead of a GPU here; the sync below catches up
+                    done += 1
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            result.oom_at = b
+            free_cached(device)
+            break
+        rate = b * done / elapsed
+        result.per_batch[b] = rate
+        result.max_batch_fitted = b
+        if result.img_per_s is None or rate > result.img_per_s:
+            result.img_per_s, result.batch_size = rate, b
+    return result
+
+
+def pass_times_ms(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_size: int,
+    passes: int,
+    device: str | torch.device = "cpu",
+    sync: bool = True,
+) -> list[float]:
+    """Milliseconds of each of ``passes`` consecutive inference passes, from cold (no warm-up).
+
+    For showing the traps that :func:`throughput` avoids: the first passes pay for allocation and
+    kernel selection, and without ``sync`` a GPU timing measures only how fast work is queued.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(passes):
+            if sync:
+                synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if sync:
+                synchronize(device)
+            times.append(1e3 * (time.perf_counter() - start))
+    synchronize(device)
+    return times
+
+
+def latency_ms(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    iters: int = 20,
+) -> float:
+    """Median milliseconds of one batch-1 inference pass, each pass timed between synchronisations."""
+    _check_timing(warmup, iters, 0.0)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(1, *input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(iters):
+            synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@dataclass
+class Timings:
+    """Images per second of several models, timed in interleaved rounds: every rate of every round.
+
+    Ratios are taken within a round (model over reference, timed moments apart), so a drift in the
+    machine's speed between rounds cancels; their median and range (lowest to highest over the rounds,
+    widened to the machine's run-to-run ``floor`` where one was measured) is the speed-up a notebook quotes
+    (:meth:`ratio`), and :meth:`table` is what it shows.
+    """
+
+    rates: dict[str, list[float]]
+    """Images per second of each model, one entry per round."""
+    reference: str
+    batch_size: dict[str, int]
+    floor: RerunFloor | None = None
+    """This machine's measured run-to-run variation, folded into every range (None: one run's range)."""
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.rates.values())))
+
+    def rate(self, name: str) -> Spread:
+        return Spread.of(self._rates(name), self.floor.rate if self.floor else 0.0)
+
+    def ratio(self, name: str, reference: str | None = None) -> Spread:
+        """Throughput of ``name`` over that of ``reference`` (default: the run's), round by round."""
+        ref = self._rates(reference or self.reference)
+        return Spread.of((a / b for a, b in zip(self._rates(name), ref)), self.floor.ratio if self.floor else 0.0)
+
+    def _rates(self, name: str) -> list[float]:
+        if name not in self.rates:
+            raise KeyError(f"No timings for {name!r}; timed: {', '.join(self.rates)}.")
+        return self.rates[name]
+
+    def table(self) -> Any:
+        """One row per model: median img/s with its range, and the speed-up over the reference with its
+        range and IQR (the verdict follows the range: :class:`~vitsurvey.metrics.Spread`)."""
+        import pandas as pd
+
+        rows = []
+        for name in self.rates:
+            r, q = self.rate(name), self.ratio(name)
+            rows.append({
+                "model": name, "batch": self.batch_size[name],
+                "img/s": r.median, "img/s low": r.low, "img/s high": r.high,
+                f"x {self.reference}": q.median, "x low": q.low, "x high": q.high, "x q1": q.q1, "x q3": q.q3,
+                "verdict": "reference" if name == self.reference else q.verdict(),
+            })
+        return pd.DataFrame(rows).set_index("model")
+
+
+def relative_throughput(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
+    batch_size: int | Mapping[str, int],
+    device: str | torch.device = "cpu",
+    rounds: int = 5,
+    max_rounds: int | None = None,
+    tolerance: float = 0.05,
+    reference: str | None = None,
+    warmup: int = 2,
+    iters: int = 5,
+    min_seconds: float = 0.0,
+    floor: RerunFloor | bool = True,
+) -> Timings:
+    """Time several models in interleaved rounds; the one timing routine behind every speed-up.
+
+    Every round times each model once with :func:`throughput` (warm-up, synchronisation, at least
+    ``iters`` passes and ``min_seconds``), in turn, each round starting one model further along the
+    list, so a drift in the machine's speed affects all models alike and none always runs first. At
+    least ``rounds`` rounds run; up to ``max_rounds`` (default: ``rounds``) run while any ratio to the
+    ``reference`` (default: the first model) has an interquartile range wider than ``tolerance``
+    times its median. ``input_shape`` and ``batch_size`` may be given per model. ``floor``: this
+    machine's run-to-run variation, folded into every range: ``True`` reads the floor last measured on this
+    device (:func:`~vitsurvey.measure.floor.rerun_floor`; none: one run's range), ``False`` leaves it out, or pass one.
+    """
+    whole("rounds", rounds, minimum=1)
+    max_rounds = max(rounds, max_rounds or rounds)
+    names = list(models)
+    if not names:
+        raise ValueError("relative_throughput needs at least one model.")
+    reference = reference or names[0]
+    if reference not in models:
+        raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(names)}.")
+    shapes = {n: input_shape[n] if isinstance(input_shape, Mapping) else input_shape for n in names}
+    batches = {n: batch_size[n] if isinstance(batch_size, Mapping) else batch_size for n in names}
+    if floor is True:
+        floor = rerun_floor(device)
+    timings = Timings({n: [] for n in names}, reference, batches, floor or None)
+    for k in progress.bar(range(max_rounds), "timing rounds"):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            rate = throughput(models[name], shapes[name], (batches[name],), device, warmup=warmup, iters=iters,
+                              min_seconds=min_seconds).img_per_s
+            if rate is None:
+                raise RuntimeError(f"{name} ran out of memory at batch {batches[name]}; choose a smaller batch.")
+            timings.rates[name].append(rate)
+        if k + 1 >= rounds and all(timings.ratio(n).relative_iqr <= tolerance for n in names):
+            break
+    return timings

@@ -1,0 +1,398 @@
+"""The leaderboard of notebook 12: every strategy and their compositions, measured under one protocol.
+
+The protocol, the same for every model: top-1 on the same test images with its binomial standard error;
+parameters (int8's packed weights included) and non-zero parameters; MACs per image (fvcore, attention
+counted; int8 on its float twin); bytes as stored (``torch.save``; simulated quantization at its bit width);
+peak inference memory; throughput relative to the reference from **one** interleaved timing run
+(:func:`vitsurvey.measure.relative_throughput`: median and range over the rounds, the machine's run-to-run
+floor folded in). Simulated (fake) quantization runs float kernels, so it is not timed.
+
+Strategies take a model and return a model, so a composition is a list of :class:`Step` applied in order
+(:func:`compose`); :func:`orders` tries every order of a set of steps and says which cannot follow which.
+:func:`eer_sensitivity` asks whether one Efficient Error Rate ranking means anything, and :func:`read` /
+:func:`format_board` are what ``python -m vitsurvey leaderboard`` prints from the results file, without
+rerunning anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .. import checks, measure, metrics, results, train
+from ..data import tensor_loader
+from ..models.counts import nonzero_params
+from ..strategies.quant import QuantViT
+
+if TYPE_CHECKING:
+    from ..profiles import Profile
+
+__all__ = [
+    "COLUMNS", "CompositionError", "FRONTS", "NoResults", "STEM", "Step", "additivity", "compose", "describe_run",
+    "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models", "model_bytes", "orders",
+    "own_result", "pareto_fronts", "read", "save", "write_html",
+]
+
+STEM = "12_leaderboard"
+"""Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
+
+COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "accuracy_vs_control",
+           "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
+           "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
+           "batch_size"]
+"""The measured columns of a leaderboard row, in the order they are shown."""
+
+
+class CompositionError(ValueError):
+    """A step of a stack cannot follow the steps before it (e.g. structured pruning after int8)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One strategy as a step of a stack: a name and a function from a model to a model (which may train it)."""
+
+    name: str
+    apply: Callable[[nn.Module], nn.Module]
+
+
+def compose(model: nn.Module, steps: Sequence[Step]) -> nn.Module:
+    """``steps`` applied in order to a copy of ``model`` (the model passed in is left as it was).
+
+    A step that cannot take what the steps before it made raises :class:`CompositionError` naming it and
+    them, with the strategy's own reason: which orders work is a finding, not a crash.
+    """
+    current = copy.deepcopy(model)
+    done: list[str] = []
+    for step in steps:
+        try:
+            current = step.apply(current)
+        except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
+            after = " -> ".join(done) if done else "nothing"
+            raise CompositionError(f"{step.name} cannot follow {after}: {exc}") from exc
+        done.append(step.name)
+    return current
+
+
+def orders(model: nn.Module, steps: Sequence[Step]) -> tuple[pd.DataFrame, dict[str, nn.Module]]:
+    """Every order of ``steps`` composed on ``model``: one row per order (``order``, ``works``, ``reason``) and
+    the models of the orders that work, keyed by their order (``"a -> b -> c"``). Steps that train run once
+    per order that reaches them."""
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Step names must differ, got {names}.")
+    rows, made = [], {}
+    for perm in itertools.permutations(steps):
+        key = " -> ".join(s.name for s in perm)
+        try:
+            made[key] = compose(model, perm)
+            rows.append({"order": key, "works": True, "reason": ""})
+        except CompositionError as exc:
+            rows.append({"order": key, "works": False, "reason": str(exc)})
+    return pd.DataFrame(rows), made
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def is_simulated(model: nn.Module) -> bool:
+    """Whether ``model`` simulates low precision with float kernels (its speed says nothing about the method)."""
+    return any(isinstance(m, QuantViT) for m in model.modules())
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes as stored: ``torch.save`` of the state dict, or, for simulated quantization, the size at its bit
+    width (:meth:`~vitsurvey.strategies.quant.QuantViT.stored_bytes`)."""
+    simulated = [m for m in model.modules() if isinstance(m, QuantViT)]
+    if simulated:
+        if len(simulated) > 1 or sum(p.numel() for p in model.parameters()) != sum(
+                p.numel() for p in simulated[0].parameters()):
+            raise ValueError("model_bytes reads a QuantViT alone; this model holds more than one QuantViT or "
+                             "parameters outside it: measure the parts separately.")
+        return simulated[0].stored_bytes()
+    return measure.serialized_bytes(model)
+
+
+def measure_models(
+    models: Mapping[str, nn.Module],
+    test_set: tuple[Tensor, Tensor],
+    profile: Profile,
+    reference: str = "baseline",
+    families: Mapping[str, str] | None = None,
+    steps: Mapping[str, str] | None = None,
+    controls: Mapping[str, str] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[pd.DataFrame, measure.Timings | None]:
+    """Every model under the one protocol (module docstring); one row per model with :data:`COLUMNS`.
+
+    ``controls`` maps a model to the row it must be judged against: the uncompressed model of the same
+    architecture given the same training (a compressed model that was fine-tuned is compared with the
+    baseline given that fine-tune, a model trained from scratch with its architecture's reference trained
+    alike). Its top-1 change (points, with a verdict at two standard errors of the difference) and its
+    speed-up against that control (from the same timing run) fill the ``*_vs_control`` columns.
+
+    ``batch_size`` (default: eight times the profile's timing batch) is the batch every model is timed and
+    its memory measured at; a multiple of eight, so that no multiplexer of up to eight images pads its last
+    group. The test images go through unshuffled in batches of 256, so a multiplexer mixes the same groups
+    whatever is measured alongside. ``families`` and ``steps`` label the rows (strategy family; what was
+    applied). Returns the table (indexed by model) and the timing run (None when nothing could be timed).
+    """
+    if reference not in models:
+        raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(models)}.")
+    unknown = {n: c for n, c in (controls or {}).items() if n not in models or c not in models}
+    if unknown:
+        raise KeyError(f"Controls must name measured models; not among them: {unknown}.")
+    x, y = test_set
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"The test set needs as many labels as images, at least one; got {len(x)} and {len(y)}.")
+    shape = tuple(x.shape[1:])
+    batch = batch_size or 8 * profile.timing_batch
+    probe = torch.zeros(8, *shape, device=device)
+    rows = {}
+    for name, model in models.items():
+        model = model.to(device).eval()
+        top1 = train.evaluate(model, tensor_loader(x, y, 256), device)
+        rows[name] = {
+            "model": name, "family": (families or {}).get(name, ""), "steps": (steps or {}).get(name, ""),
+            "top1": top1, "top1_se": metrics.top1_se(top1, len(y)), "n_test": len(y),
+            "params": measure.count_params(model, trainable_only=False), "nonzero_params": nonzero_params(model),
+            "macs": round(measure.count_macs(model, probe).total / len(probe)), "bytes": model_bytes(model),
+            "infer_mem_bytes": measure.inference_memory(model, shape, batch, device).peak_bytes,
+        }
+    timed = {n: m for n, m in models.items() if not is_simulated(m)}
+    timings = None
+    if reference in timed:
+        timings = measure.relative_throughput(timed, shape, batch, device, reference=reference, **profile.timing())
+        for name in timed:
+            ratio = timings.ratio(name)
+            rows[name].update(speedup=ratio.median, speedup_low=ratio.low, speedup_high=ratio.high,
+                              verdict="reference" if name == reference else ratio.verdict(),
+                              throughput_img_s=timings.rate(name).median, batch_size=batch)
+    for name, control in (controls or {}).items():
+        a, b = rows[name]["top1"], rows[control]["top1"]
+        rows[name].update(control=control, top1_vs_control=a - b,
+                          accuracy_vs_control="control" if name == control else metrics.compare_top1(a, b, len(y)))
+        if timings is not None and name in timings.rates and control in timings.rates:
+            ratio = timings.ratio(name, control)
+            rows[name].update(speedup_vs_control=ratio.median, speedup_vs_control_low=ratio.low,
+                              speedup_vs_control_high=ratio.high)
+    board = pd.DataFrame(list(rows.values())).reindex(columns=COLUMNS).set_index("model")
+    return board, timings
+
+
+def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts: Sequence[str],
+               base: str) -> dict[str, float | bool]:
+    """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its
+    ``parts``' speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1
+    change against the sum of theirs. ``adds_up_speed``: the product lies within the stack's measured range;
+    ``adds_up_top1``: the predicted top-1 lies within two standard errors of the measured one."""
+    for name in (stack, base, *parts):
+        if name not in board.index:
+            raise KeyError(f"{name!r} is not on the board: {list(board.index)}.")
+    predicted_speed = float(np.prod([timings.ratio(p, base).median for p in parts]))
+    measured = timings.ratio(stack, base)
+    top1_base = float(board.loc[base, "top1"])
+    predicted_top1 = top1_base + sum(float(board.loc[p, "top1"]) - top1_base for p in parts)
+    measured_top1 = float(board.loc[stack, "top1"])
+    se = metrics.top1_se(measured_top1, int(board.loc[stack, "n_test"]))
+    return {"speedup": measured.median, "speedup_low": measured.low, "speedup_high": measured.high,
+            "predicted_speedup": predicted_speed, "adds_up_speed": measured.low <= predicted_speed <= measured.high,
+            "top1": measured_top1, "predicted_top1": predicted_top1,
+            "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
+
+
+def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1") -> float | None:
+    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``, unless None) in
+    ``profile``, or None where that notebook has not measured it in this profile. Rows are appended in order,
+    so the last matching row is the newest."""
+    frame = results.read(stem)
+    if column not in frame.columns:
+        return None
+    rows = frame[(frame["profile"] == profile) & (frame["method"] == method)]
+    if setting is not None:
+        rows = rows[rows["setting"] == setting]
+    rows = rows.dropna(subset=[column])
+    return None if rows.empty else float(rows[column].iloc[-1])
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+FRONTS = {"MACs": ("macs", "min"), "throughput": ("speedup", "max"), "bytes": ("bytes", "min")}
+"""The Pareto fronts of the leaderboard: top-1 against each of these costs."""
+
+
+def pareto_fronts(board: pd.DataFrame) -> pd.DataFrame:
+    """One boolean column per entry of :data:`FRONTS`: whether the model is on the front of top-1 against it
+    (a model without that cost, e.g. an untimed one for throughput, is on no front of it)."""
+    return pd.DataFrame({f"front: {label}": metrics.pareto_front(board, {"top1": "max", column: direction})
+                         for label, (column, direction) in FRONTS.items()})
+
+
+def eer_ranking(board: pd.DataFrame, weights: Mapping[str, float], reference: str | Mapping[str, float]) -> pd.Series:
+    """Ranks (1 = best) by :func:`vitsurvey.metrics.efficient_error_rate` with ``weights`` over the cost
+    columns and ``"error"`` (100 - top-1), ratios taken to ``reference`` (a row, "max", "min" or values)."""
+    frame = board.assign(error=100 - board["top1"].astype(float))
+    costs = {c: w for c, w in weights.items() if c != "error"}
+    eer = metrics.efficient_error_rate(frame, costs, "error", weights.get("error", 1.0), reference=reference)
+    return eer.rank(method="min")
+
+
+def eer_sensitivity(
+    board: pd.DataFrame,
+    costs: Sequence[str] = ("params", "macs", "bytes"),
+    reference: str = "baseline",
+    references: Sequence[str] | None = None,
+    draws: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How much the EER ranking moves when its weights and reference move.
+
+    The default ranking weighs ``costs`` and the error equally, as ratios to ``reference``. Each draw
+    picks weights from a flat Dirichlet distribution (every weighting of the features equally likely) and a
+    reference among ``references`` (default: every row), and compares its ranking with the default by
+    Kendall's tau (scipy; 1: the same order, 0: unrelated). One row per draw: ``tau``, ``top`` (the best
+    model of that draw), the reference and the weights. Rows missing a cost or the top-1 are left out.
+    """
+    from scipy.stats import kendalltau
+
+    checks.whole("draws", draws, 1)
+    features = [*costs, "error"]
+    usable = board.dropna(subset=[*costs, "top1"])
+    if len(usable) < 2:
+        raise ValueError(f"An EER ranking needs at least two rows with {list(costs)} and top1; got {len(usable)}.")
+    if reference not in usable.index:
+        raise KeyError(f"The reference {reference!r} is not among the ranked rows: {list(usable.index)}.")
+    pool = list(references or usable.index)
+    missing = [r for r in pool if r not in usable.index]
+    if missing:
+        raise KeyError(f"References {missing} are not among the ranked rows: {list(usable.index)}.")
+    default = eer_ranking(usable, dict.fromkeys(features, 1.0), reference)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(draws):
+        w = dict(zip(features, rng.dirichlet(np.ones(len(features)))))
+        ref = pool[int(rng.integers(len(pool)))]
+        ranks = eer_ranking(usable, w, ref)
+        tau = kendalltau(default.to_numpy(), ranks.to_numpy()).statistic
+        rows.append({"tau": float(tau), "top": str(ranks.idxmin()), "reference": ref,
+                     **{f"w {f}": float(v) for f, v in w.items()}})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the results file
+
+
+def save(board: pd.DataFrame, profile: str, device: str | torch.device | None = None,
+         extra: Mapping[str, object] | None = None) -> tuple[Path, Path]:
+    """Append ``board`` to ``data/results/12_leaderboard.csv`` as one run (a shared ``run`` time stamp) and
+    write the sortable HTML table of that run beside it; returns both paths. ``extra`` adds columns to
+    every row (data set, ...)."""
+    if board.empty:
+        raise ValueError("The leaderboard is empty: measure at least one model first.")
+    run = _dt.datetime.now().isoformat(timespec="seconds")
+    labels = board.reindex(columns=["steps", "family"]).astype(object).fillna("")
+    rows = [{"method": name, "setting": labels.loc[name, "steps"] or labels.loc[name, "family"], **r, "model": name,
+             "run": run, **(extra or {})} for name, r in board.to_dict("index").items()]
+    path = results.append(STEM, rows, profile, device)
+    html = write_html(read(profile), path.with_suffix(".html"),
+                      title=f"vitsurvey leaderboard ({profile} profile, {run})")
+    return path, html
+
+
+def write_html(board: pd.DataFrame, path: Path, title: str) -> Path:
+    """A sortable, searchable HTML page of ``board`` (itables: DataTables, loaded by the browser from the
+    web), written atomically."""
+    import html as _html
+
+    from itables import to_html_datatable
+
+    table = to_html_datatable(board.reset_index(), connected=True, display_logo_when_loading=False,
+                              classes="display compact", pageLength=50)
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title></head>\n"
+            f"<body>\n<h1>{_html.escape(title)}</h1>\n<p>Click a column to sort; measured with the protocol of "
+            "notebook 12 (top-1 ± one standard error on one test set; speed-up from one interleaved timing run, "
+            "median and range).</p>\n" + table + "\n</body></html>\n")
+    results.write_text_atomic(page, path)
+    return path
+
+
+class NoResults(LookupError):
+    """The leaderboard has not been measured (in the profile asked for)."""
+
+
+def read(profile: str | None = None) -> pd.DataFrame:
+    """The newest run of the leaderboard in ``data/results/12_leaderboard.csv`` (of ``profile``, if given;
+    else of the profile measured last), indexed by model."""
+    path = results.results_dir() / f"{STEM}.csv"
+    hint = "measure it first: python -m vitsurvey run 12 --profile cpu"
+    if not path.exists():
+        raise NoResults(f"No leaderboard results yet ({path.name} does not exist); {hint}.")
+    frame = results.read_file(path)
+    needed = {"model", "run", "profile"}
+    if not needed <= set(frame.columns):
+        raise NoResults(f"{path.name} lacks the column(s) {sorted(needed - set(frame.columns))}: it was not written "
+                        f"by the leaderboard; {hint}.")
+    if profile is not None:
+        if profile not in set(frame["profile"]):
+            have = ", ".join(sorted(set(frame["profile"].dropna().astype(str)))) or "none"
+            raise NoResults(f"No leaderboard results for the {profile!r} profile (profiles measured: {have}); "
+                            f"measure it: python -m vitsurvey run 12 --profile {profile}.")
+        frame = frame[frame["profile"] == profile]
+    newest = frame.sort_values("run")["run"].iloc[-1]
+    return frame[frame["run"] == newest].set_index("model")
+
+
+def format_board(board: pd.DataFrame, sort: str | None = None) -> str:
+    """The leaderboard as text, one line per model, best first by ``sort`` (any measured column; default
+    top-1; costs ascending, accuracy and speed descending). Values a row lacks (a model that was not timed,
+    a results file from an older run) show as n/a."""
+    sortable = [c for c in COLUMNS if c != "model" and c in board.columns]
+    sort = sort or "top1"
+    if sort not in sortable:
+        raise ValueError(f"Cannot sort by {sort!r}; choose one of: {', '.join(sortable)}.")
+    descending = sort.startswith(("top1", "speedup", "throughput"))
+    rows = board.sort_values(sort, ascending=not descending, na_position="last")
+
+    def get(r: pd.Series, c: str) -> object:
+        return r[c] if c in r.index and pd.notna(r[c]) else None
+
+    def count(v: object) -> str:
+        return "n/a" if v is None else f"{int(float(v)):,}"  # type: ignore[arg-type]
+
+    def number(v: object, digits: int = 2) -> str:
+        return "n/a" if v is None else f"{float(v):.{digits}f}"  # type: ignore[arg-type]
+
+    lines = {}
+    for name, r in rows.iterrows():
+        change, verdict = get(r, "top1_vs_control"), get(r, "accuracy_vs_control")
+        speed = get(r, "speedup")
+        lines[name] = {
+            "family": get(r, "family") or "",
+            "top-1 (%)": "n/a" if get(r, "top1") is None else f"{number(r['top1'])} ± {number(get(r, 'top1_se'))}",
+            "vs control": "" if change is None else f"{float(change):+.2f} ({verdict}, vs {get(r, 'control')})",
+            "params": count(get(r, "params")), "MACs": count(get(r, "macs")), "bytes": count(get(r, "bytes")),
+            "memory (bytes)": count(get(r, "infer_mem_bytes")),
+            "speed-up [range]": "n/a" if speed is None else
+            f"{number(speed)} [{number(get(r, 'speedup_low'))}-{number(get(r, 'speedup_high'))}]",
+            "verdict": get(r, "verdict") or "not timed",
+        }
+    return pd.DataFrame.from_dict(lines, orient="index").to_string()
+
+
+def describe_run(board: pd.DataFrame) -> str:
+    """One line: which profile, device and date the rows come from."""
+    first = board.iloc[0]
+    parts = [f"{first.get(k)}" for k in ("profile", "device", "run") if k in board and pd.notna(first.get(k))]
+    return "measured: " + "; ".join(parts) if parts else "measured: (no context recorded)"
+
