@@ -116,22 +116,25 @@ def test_run_in_place_keeps_the_authored_parameters(tmp_path, capsys):
     assert "profile is smoke" in executed.cells[-1].outputs[0]["text"]
 
 
-@pytest.mark.slow
-def test_calibrate_measures_and_records_the_run_to_run_floor(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("passed, status", [(True, 0), (False, 1)])
+def test_timing_check_records_its_rows_and_fails_when_a_check_does(out, monkeypatch, capsys, passed, status):
     from vitsurvey import measure, results
 
-    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
-    assert main(["calibrate", "--profile", "smoke", "--runs", "2", "--pause", "0"]) == 0
+    def fake(loads, pause_s, **kwargs):
+        assert loads == ("busy",) and pause_s == 2.0
+        return [{"method": "A/A", "setting": "busy", "ratio": 1.01, "passed": passed}]
+
+    monkeypatch.setattr(measure, "timing_check", fake)
+    assert main(["timing-check", "--loads", "busy", "--pause", "2"]) == status
     said = capsys.readouterr().out
-    assert "calibration run 2/2" in said and "run-to-run floor on" in said
-    floor = measure.rerun_floor("cpu")
-    assert floor is not None and floor.runs == 2 and 0 <= floor.rate < 1 and 0 <= floor.ratio < 1
-    assert (tmp_path / "data" / "results" / "rerun_floor.csv").exists()
+    assert ("1 of 1 checks passed" if passed else "failed: A/A (busy)") in said
+    assert results.read(measure.CHECK_STEM)["method"].tolist() == ["A/A"]
 
 
-def test_calibrate_bad_input(capsys):
-    assert main(["calibrate", "--profile", "smoke", "--runs", "1"]) == 2
-    assert "at least 2 runs" in capsys.readouterr().err
+def test_timing_check_bad_input(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["timing-check", "--loads", "sometimes"])
+    assert stopped.value.code == 2 and "invalid choice: 'sometimes'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ def test_pareto_fronts():
     fronts = lb.pareto_fronts(_board())
     assert fronts["front: MACs"].to_dict() == {"baseline": True, "small": True, "dominated": False, "tiny": True}
     assert not fronts.loc["dominated", "front: throughput"]  # not timed: on no throughput front
+    assert not fronts["uncertain: MACs"].any()  # MACs are counted, not measured: no interval to doubt
 
 
 def test_eer_sensitivity():

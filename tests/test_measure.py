@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from vitsurvey import measure, models, profiles, results
-from vitsurvey.measure import reruns, timing
+from vitsurvey import measure, metrics, models, profiles, results
+from vitsurvey.measure import timing
 from vitsurvey.models import PRESETS, ViTConfig, VisionTransformer
 from vitsurvey.profiles import PROFILES
 
@@ -189,7 +189,8 @@ def test_benchmark_models_skips_unknown_and_records_out_of_memory(monkeypatch):
     smoke_rounds = PROFILES["smoke"].timing_rounds
     assert oom["timing_rounds"] == ok["timing_rounds"] == smoke_rounds
     assert ok["reference"] == "oom_above_1" and oom["relative_throughput"] == 1.0
-    assert ok["throughput_low"] <= ok["throughput_q1"] <= ok["throughput_img_s"] <= ok["throughput_q3"] <= ok["throughput_high"]
+    assert ok["throughput_low"] <= ok["throughput_img_s"] <= ok["throughput_high"]
+    assert ok["timing_clock"] == "cpu-time" and "load_before" in ok
     assert ok["relative_low"] <= ok["relative_throughput"] <= ok["relative_high"]
     assert by_name["vit_tiny_patch16_2244"]["throughput_img_s"] is None
 
@@ -240,31 +241,52 @@ def test_vit_macs_follow_dropped_tokens_like_fvcore():
     assert counted.total == measure.vit_macs(model, tokens=counts)["total"]
 
 
-def test_relative_throughput_times_every_model_each_round(monkeypatch):
+def test_relative_throughput_times_every_model_a_b_b_a_each_round(monkeypatch):
     calls = []
-    real = measure.throughput
+    real = timing._best_pass
 
     def spy(model, *args, **kwargs):
         calls.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(timing, "throughput", spy)
-    fast, slow = nn.Flatten(), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)], nn.Flatten())
-    timings = measure.relative_throughput({"fast": fast, "slow": slow}, (1, 1, 64), 4, rounds=2, warmup=0, iters=3)
-    assert calls == [fast, slow, slow, fast]  # interleaved, each round starting one model later
-    assert timings.rounds == 2 and timings.reference == "fast"
-    assert timings.rate("fast").median > timings.rate("slow").median > 0
-    assert timings.ratio("slow").median < 1 and timings.ratio("fast").median == 1
+    monkeypatch.setattr(timing, "_best_pass", spy)
+    a, b, c = (nn.Sequential(*[nn.Linear(64, 64) for _ in range(n)], nn.Flatten()) for n in (1, 4, 8))
+    timings = measure.relative_throughput({"a": a, "b": b, "c": c}, (1, 1, 64), 4, rounds=2, max_rounds=None,
+                                          warmup=0, iters=3)
+    # round 1: a b c c b a; round 2 starts one model later and runs backwards: a c b b c a
+    assert calls == [a, b, c, c, b, a, a, c, b, b, c, a]
+    assert timings.rounds == 2 and timings.reference == "a" and timings.clock == "cpu-time"
+    assert timings.rate("a").median > timings.rate("c").median > 0
+    assert timings.ratio("c").median < 1 and timings.ratio("a").median == 1
+    assert set(timings.wall_rates) == {"a", "b", "c"} and all(len(v) == 2 for v in timings.wall_rates.values())
 
 
-def _scripted(monkeypatch, rates_per_call):
-    """Make throughput() return the next scripted rate for each model, in call order."""
-    script = {name: iter(rates) for name, rates in rates_per_call.items()}
+def test_one_thread_per_model_by_default_and_the_whole_machine_on_request():
+    seen = []
 
-    def fake(model, input_shape, batch_sizes, device, **kwargs):
-        return measure.Throughput(next(script[model.name]), batch_sizes[0])
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
 
-    monkeypatch.setattr(timing, "throughput", fake)
+    before = torch.get_num_threads()
+    t = measure.relative_throughput({"p": Probe()}, (1, 1, 1), 1, rounds=1, warmup=0, iters=1)
+    assert set(seen) == {1} and torch.get_num_threads() == before and t.clock == "cpu-time"
+    assert "per-core" in t.label and t.columns()["timing_threads"] == 1
+    seen.clear()
+    whole = measure.relative_throughput({"p": Probe()}, (1, 1, 1), 1, rounds=1, warmup=0, iters=1, threads=None)
+    assert set(seen) == {before} and whole.clock == "wall" and "whole-machine" in whole.label
+
+
+def _scripted(monkeypatch, seconds_per_timing):
+    """Make each timing of a model return the next scripted number of seconds (two timings per round: A B B A)."""
+    script = {name: iter(s) for name, s in seconds_per_timing.items()}
+
+    def fake(model, x, device, clock, iters, min_seconds):
+        seconds = next(script[model.name])
+        return seconds, seconds
+
+    monkeypatch.setattr(timing, "_best_pass", fake)
 
 
 class _Named(nn.Module):
@@ -272,35 +294,89 @@ class _Named(nn.Module):
         super().__init__()
         self.name = name
 
+    def forward(self, x):
+        return x
+
 
 def test_ratios_are_taken_within_rounds_so_drift_cancels(monkeypatch):
-    # the machine halves its speed every round; the model is always exactly twice as fast as the reference
-    drift = [100 / 2**k for k in range(6)]
-    _scripted(monkeypatch, {"ref": drift, "new": [2 * r for r in drift]})
-    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=6)
-    assert t.ratio("new").median == t.ratio("new").q1 == t.ratio("new").q3 == 2.0
-    assert t.rate("new").relative_iqr > 0.5  # the absolute rates are all over the place
+    # the machine halves its speed every round; the model always takes exactly half the reference's time
+    drift = [2.0**k for k in range(6) for _ in range(2)]
+    _scripted(monkeypatch, {"ref": drift, "new": [d / 2 for d in drift]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=6,
+                                    max_rounds=None, resolution=0.0)
+    ratio = t.ratio("new")
+    assert ratio.median == ratio.low == ratio.high == 2.0
+    assert t.rate("new").high / t.rate("new").low > 2  # the absolute rates are all over the place
     assert t.table().loc["new", "verdict"] == "faster"
 
 
-def test_rounds_continue_until_the_spread_is_tight(monkeypatch):
-    noisy = [1.0, 1.5, 0.7, 1.3, 0.8] + [1.0] * 20
-    _scripted(monkeypatch, {"ref": [1.0] * 25, "new": noisy})
+def test_the_fastest_of_two_timings_counts_in_each_round(monkeypatch):
+    # a stall in one of a round's two timings (the other process took the core) leaves the round's rate alone
+    _scripted(monkeypatch, {"ref": [1.0, 1.0] * 5, "new": [0.5, 5.0] * 5})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5,
+                                    max_rounds=None)
+    assert t.rates["new"] == [2.0] * 5
+
+
+def test_rounds_continue_until_the_interval_is_tight(monkeypatch):
+    noisy = [1.0, 1.0, 0.6, 0.6, 1.5, 1.5, 0.7, 0.7, 1.3, 1.3] + [1.0] * 40
+    _scripted(monkeypatch, {"ref": [1.0] * 50, "new": noisy})
     models = {"ref": _Named("ref"), "new": _Named("new")}
     t = measure.relative_throughput(models, (1, 1, 1), 1, rounds=5, max_rounds=25, tolerance=0.05)
-    assert 5 < t.rounds < 25 and t.ratio("new").relative_iqr <= 0.05
-    _scripted(monkeypatch, {"ref": [1.0] * 25, "new": noisy})
-    assert measure.relative_throughput(models, (1, 1, 1), 1, rounds=5).rounds == 5  # no max_rounds: exactly 5
+    assert 5 < t.rounds < 25 and t.ratio("new").sampling_half_width <= 0.05
+    _scripted(monkeypatch, {"ref": [1.0] * 50, "new": noisy})
+    assert measure.relative_throughput(models, (1, 1, 1), 1, rounds=5, max_rounds=None).rounds == 5
 
 
-def test_a_ratio_whose_spread_includes_one_is_within_noise(monkeypatch):
-    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [0.9, 1.2, 1.05, 0.95, 1.1]})
-    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5)
+def test_a_ratio_whose_interval_includes_one_is_within_noise(monkeypatch):
+    _scripted(monkeypatch, {"ref": [1.0] * 10, "new": [x for x in (1.1, 0.85, 0.95, 1.05, 0.9) for _ in (0, 1)]})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5,
+                                    max_rounds=None)
     assert t.ratio("new").verdict() == "within noise"
+    assert "inconclusive at this precision" in metrics.speedup_phrase(t.ratio("new"))
     with pytest.raises(KeyError, match="timed: ref, new"):
         t.ratio("other")
     with pytest.raises(KeyError, match="reference 'x'"):
         measure.relative_throughput({"ref": _Named("ref")}, (1, 1, 1), 1, reference="x")
+
+
+def test_every_timing_records_the_machines_load(monkeypatch):
+    _scripted(monkeypatch, {"ref": [1.0] * 4, "new": [0.5] * 4})
+    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=2,
+                                    max_rounds=None)
+    cols = t.columns()
+    assert {"timing_rounds", "timing_clock", "timing_threads", "load_before", "load_after", "cores",
+            "steal_pct"} <= set(cols)
+    assert cols["timing_rounds"] == 2 and cols["cores"] >= 1 and cols["load_before"] >= 0
+    assert "interleaved rounds" in t.describe() and "machine load" in t.describe()
+
+
+def test_a_busy_machine_is_warned_about():
+    from vitsurvey.device import MachineState
+
+    calm, busy = MachineState(0.5, 0.7, 2, 0.0), MachineState(3.1, 2.4, 2, None)
+    assert not calm.busy and "Warning" not in calm.describe()
+    assert busy.busy and "busier than its 2 cores" in busy.describe()
+    assert busy.columns()["steal_pct"] is None
+
+
+@pytest.mark.slow
+def test_two_copies_of_one_model_read_within_noise_under_load():
+    rows = measure.timing_check(("busy",), log=None)
+    aa = next(r for r in rows if r["method"] == "A/A")
+    assert aa["verdict"] == "within noise" and 0.90 <= aa["ratio_low"] <= 1.0 <= aa["ratio_high"] <= 1.10, aa
+    assert aa["seconds"] < 60
+
+
+@pytest.mark.slow
+def test_half_the_depth_reads_faster_under_load_and_agrees_with_an_idle_rerun():
+    rows = measure.timing_check(("idle", "busy"), log=None)
+    idle, busy = (next(r for r in rows if r["method"] == "half depth" and r["setting"] == s) for s in ("idle", "busy"))
+    for r in (idle, busy):
+        assert r["verdict"] == "faster" and r["ratio_low"] > 1.3, r
+    assert abs(busy["ratio"] / idle["ratio"] - 1) < 0.10
+    assert busy["ratio_low"] <= idle["ratio_high"] and idle["ratio_low"] <= busy["ratio_high"]  # the reruns agree
+    assert busy["seconds"] < 60
 
 
 def test_serialized_bytes_grow_with_parameters():
@@ -339,89 +415,6 @@ def test_steady_allocator_is_set_once_on_glibc():
 def _calibration_rows(device, stamp, rate, ratio):
     return [{"method": "run-to-run", "setting": f"{k} floor", "kind": f"{k} floor", "runs": 6, "floor": f,
              "calibrated_at": stamp, "device": device} for k, f in (("rate", rate), ("ratio", ratio))]
-
-
-def test_rerun_floor_reads_the_latest_calibration_of_this_device(out, monkeypatch):
-    assert measure.rerun_floor("cpu") is None  # never calibrated: one run's range
-    me = results.device_name("cpu")
-    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows(me, "2026-01-01T10:00:00", 0.2, 0.3), "cpu", "cpu")
-    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows(me, "2026-01-02T10:00:00", 0.04, 0.05), "cpu", "cpu")
-    results.append(measure.RERUN_FLOOR_STEM, _calibration_rows("another CPU", "2026-02-01T10:00:00", 0.5, 0.5), "cpu", "cpu")
-    floor = measure.rerun_floor("cpu")
-    assert (floor.rate, floor.ratio, floor.runs, floor.device) == (0.04, 0.05, 6, me)
-    # every timing on this device now folds the floor into its ranges; floor=False leaves it out
-    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [1.03, 1.031, 1.032, 1.033, 1.034]})
-    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5)
-    assert t.floor == floor and t.ratio("new").between == 0.05 and t.rate("ref").between == 0.04
-    assert t.ratio("new").verdict() == "within noise" and t.table().loc["new", "verdict"] == "within noise"
-    _scripted(monkeypatch, {"ref": [1.0] * 5, "new": [1.03, 1.031, 1.032, 1.033, 1.034]})
-    t = measure.relative_throughput({"ref": _Named("ref"), "new": _Named("new")}, (1, 1, 1), 1, rounds=5, floor=False)
-    assert t.floor is None and t.ratio("new").verdict() == "faster"
-
-
-def by_setting(rows):
-    return {r["setting"]: r for r in rows}
-
-
-def test_each_calibration_run_has_its_companion_in_turn():
-    prof = profiles.get_profile("cpu", resolve_data=False)
-    assert [measure.companion_of_run(prof, k) for k in range(6)] == [
-        None, "resnet50", "vit_base_patch16_224", None, "resnet50", "vit_base_patch16_224"]
-    alone = dataclasses.replace(prof, calibration_companions=())
-    assert [measure.companion_of_run(alone, k) for k in range(3)] == [None, None, None]
-
-
-def test_a_rerun_floor_run_reports_every_pair_but_not_its_companion(monkeypatch):
-    prof = profiles.get_profile("smoke", resolve_data=False)
-    timed = []
-    real = measure.relative_throughput
-
-    def spy(models, *args, **kwargs):
-        timed.append(list(models))
-        return real(models, *args, **kwargs)
-
-    monkeypatch.setattr(reruns, "relative_throughput", spy)
-    out = measure.rerun_floor_run(prof, "cpu", "mobilenetv3_small_100")
-    assert timed == [["vit_tiny_patch16_224", "resnet18", "vit_tiny_patch16_224, int8",
-                      "companion: mobilenetv3_small_100"]]
-    assert sorted(out) == sorted([
-        "rate: vit_tiny_patch16_224", "rate: resnet18", "rate: vit_tiny_patch16_224, int8",
-        "ratio: resnet18 / vit_tiny_patch16_224", "ratio: vit_tiny_patch16_224, int8 / vit_tiny_patch16_224",
-        "ratio: vit_tiny_patch16_224, int8 / resnet18"])
-    assert all(v > 0 for v in out.values())
-
-
-def test_measure_rerun_floor_spreads_the_medians_of_separate_runs(monkeypatch):
-    import subprocess
-
-    medians = iter([{"rate: a": 10.0, "ratio: b": 2.0}, {"rate: a": 12.0, "ratio: b": 2.1},
-                    {"rate: a": 11.0, "ratio: b": 1.9}])
-    launched = []
-
-    def fake_run(cmd, **kwargs):
-        launched.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, "noise\nCALIBRATION " + json.dumps(next(medians)) + "\n", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    rows = measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=3, pause_s=0, log=None)
-    assert len(launched) == 3 and all("smoke" in cmd for cmd in launched)
-    # run 1 times the calibration models alone, run 2 beside the profile's companion, run 3 alone again
-    assert [cmd[-1] for cmd in launched] == ["", "mobilenetv3_small_100", ""]
-    assert by_setting(rows)["rate: a"]["companions"] == "mobilenetv3_small_100"
-    by = {r["setting"]: r for r in rows}
-    assert by["rate: a"]["median"] == 11.0 and by["rate: a"]["floor"] == pytest.approx(2 / 11)
-    assert by["ratio floor"]["floor"] == pytest.approx(0.2 / 2.0) and by["rate floor"]["floor"] == pytest.approx(2 / 11)
-
-    def failing(cmd, **kwargs):
-        return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nRuntimeError: boom")
-
-    monkeypatch.setattr(subprocess, "run", failing)
-    with pytest.raises(RuntimeError, match=r"Calibration run 1 of 2 failed \(exit 1\): RuntimeError: boom$"):
-        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=0, log=None)
-    with pytest.raises(ValueError, match="at least 2 runs"):
-        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=1)
-    with pytest.raises(ValueError, match="pause_s cannot be negative"):
-        measure.measure_rerun_floor(profiles.get_profile("smoke", resolve_data=False), runs=2, pause_s=-1)
 
 
 def test_count_macs_of_an_int8_model_counts_its_float_twin():

@@ -33,6 +33,19 @@ def test_pareto_missing_values_are_off_the_front():
     assert _front(rows, {"top1": "max", "macs": "min"}) == [True, False, True]
 
 
+def test_a_front_member_that_dominates_only_within_the_intervals_is_uncertain():
+    frame = pd.DataFrame({"top1": [80.0, 79.0, 70.0], "speed": [1.10, 1.05, 0.50],
+                          "low": [1.00, 0.98, 0.45], "high": [1.20, 1.12, 0.55]}, index=["a", "b", "c"])
+    objectives = {"top1": "max", "speed": "max"}
+    assert pareto_front(frame, objectives).tolist() == [True, False, False]  # on the medians a dominates b and c
+    uncertain = metrics.uncertain_front(frame, objectives, {"speed": ("low", "high")})
+    assert uncertain.tolist() == [True, False, False]  # a's speed interval overlaps b's: b may belong on it
+    apart = frame.assign(low=[1.15, 0.98, 0.45])
+    assert not metrics.uncertain_front(apart, objectives, {"speed": ("low", "high")}).any()
+    with pytest.raises(ValueError, match="not objectives"):
+        metrics.uncertain_front(frame, objectives, {"macs": ("low", "high")})
+
+
 def test_pareto_bad_input():
     frame = pd.DataFrame({"a": [1]})
     with pytest.raises(ValueError, match="at least one objective"):
@@ -119,29 +132,55 @@ def test_eer_rankings_do_not_depend_on_units(frame, column, scale, reference):
 # --------------------------------------------------------------------------- spread and standard errors
 
 
-def test_spread_quartiles_and_verdicts():
-    s = metrics.Spread.of([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert (s.median, s.q1, s.q3, s.low, s.high, s.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
-    assert s.relative_iqr == pytest.approx(2 / 3)
-    assert metrics.Spread.of([1.2, 1.3, 1.25]).verdict() == "faster"
-    assert metrics.Spread.of([0.7, 0.8, 0.75]).verdict() == "slower"
-    assert metrics.Spread.of([0.9, 1.1, 1.0, 1.2]).verdict() == "within noise"
-    assert "within noise" in metrics.speedup_phrase(metrics.Spread.of([0.9, 1.1, 1.0]))
-    assert metrics.speedup_phrase(metrics.Spread.of([2.0, 2.0])).startswith(
-        "2.00x (range 2.00x-2.00x: 2 rounds, one run), faster")
-    # the verdict follows the range, not the IQR: one round at 0.98 of eleven makes a 1.2x ratio "within noise"
-    mostly_faster = metrics.Spread.of([0.98] + [1.2] * 10)
-    assert mostly_faster.q1 > 1.0 and mostly_faster.verdict() == "within noise"
+def test_interval_of_the_median_and_its_verdicts():
+    i = metrics.Interval.of([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (i.median, i.minimum, i.maximum, i.n, i.level) == (3.0, 1.0, 5.0, 5, 0.95)
+    assert 1.0 <= i.low < 3.0 < i.high <= 5.0
+    assert metrics.Interval.of([1.2, 1.3, 1.25, 1.22, 1.28]).verdict() == "faster"
+    assert metrics.Interval.of([0.7, 0.8, 0.75, 0.72, 0.78]).verdict() == "slower"
+    assert metrics.Interval.of([0.9, 1.1, 1.0, 1.2]).verdict() == "within noise"
+    assert metrics.Interval.of([2.0, 2.0]).format(2, "x") == "2.00x (95% CI 2.00x-2.00x, 2 rounds)"
+    assert metrics.speedup_phrase(metrics.Interval.of([2.0, 2.0])) == "2.00x (95% CI 2.00x-2.00x, 2 rounds), faster"
     with pytest.raises(ValueError, match="finite"):
-        metrics.Spread.of([])
+        metrics.Interval.of([])
     with pytest.raises(ValueError, match="finite"):
-        metrics.Spread.of([1.0, float("nan")])
+        metrics.Interval.of([1.0, float("nan")])
+    with pytest.raises(ValueError, match="level"):
+        metrics.Interval.of([1.0], level=1.0)
 
 
-@given(st.lists(st.floats(0.01, 1e4), min_size=1, max_size=30))
-def test_spread_is_ordered(values):
-    s = metrics.Spread.of(values)
-    assert s.low <= s.q1 <= s.median <= s.q3 <= s.high
+def test_the_interval_is_the_bootstrap_of_the_median_and_is_reproducible():
+    values = [0.98, 1.2, 1.21, 1.19, 1.22, 1.18, 1.2, 1.23, 1.17, 1.2, 1.21]
+    a, b = metrics.Interval.of(values), metrics.Interval.of(values)
+    assert a == b  # seeded: the same rounds give the same interval
+    # one round stalled at 0.98 moves the extremes but barely the interval of the median
+    assert a.minimum == 0.98 and a.low > 1.15 and a.verdict() == "faster"
+    rng = np.random.default_rng(1)
+    medians = [np.median(rng.choice(values, len(values))) for _ in range(4000)]
+    assert a.low == pytest.approx(np.quantile(medians, 0.025), abs=0.011)
+
+
+def test_resolution_keeps_the_interval_from_being_narrower_than_the_instrument():
+    rounds = [1.02, 1.021, 1.022, 1.019, 1.02]
+    sharp = metrics.Interval.of(rounds)
+    assert sharp.verdict() == "faster" and sharp.sampling_half_width < 0.01
+    blunt = metrics.Interval.of(rounds, resolution=0.03)
+    assert blunt.low == pytest.approx(1.02 * 0.97) and blunt.high == pytest.approx(1.02 * 1.03)
+    assert blunt.verdict() == "within noise" and blunt.sampling_half_width == sharp.sampling_half_width
+    phrase = metrics.speedup_phrase(blunt)
+    assert phrase.startswith("inconclusive at this precision: 1.02x (95% CI 0.99x-1.05x, 5 rounds)")
+    assert "could detect a difference of about 4% or more (80% power)" in phrase
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="resolution is a fraction"):
+            metrics.Interval.of(rounds, resolution=bad)
+
+
+@given(st.lists(st.floats(0.01, 1e4), min_size=1, max_size=30), st.floats(0, 0.2))
+def test_interval_is_ordered(values, resolution):
+    i = metrics.Interval.of(values, resolution=resolution)
+    assert i.minimum <= i.median <= i.maximum
+    assert i.low <= i.median <= i.high
+    assert i.high - i.low >= 2 * resolution * i.median - 1e-9 * i.median
 
 
 def test_top1_standard_error_is_binomial():
@@ -163,22 +202,6 @@ def test_compare_top1_calls_small_differences_noise():
     assert metrics.compare_top1(90.0, 89.0, 100_000) == "higher"
     assert metrics.versus(90.0, 89.0, 1000) == "within noise of the control"
     assert metrics.versus(87.0, 90.0, 1000, "fp32") == "-3.00 points, lower than fp32"
-
-
-def test_a_run_to_run_floor_widens_the_range_and_can_change_the_verdict():
-    rounds = [1.05, 1.06, 1.055, 1.052, 1.058]
-    one_run = metrics.Spread.of(rounds)
-    assert one_run.verdict() == "faster" and (one_run.low, one_run.high) == (1.05, 1.06)
-    across = metrics.Spread.of(rounds, between=0.08)
-    assert across.low == pytest.approx(1.055 * 0.92) and across.high == pytest.approx(1.055 * 1.08)
-    assert (across.median, across.q1, across.q3) == (one_run.median, one_run.q1, one_run.q3)
-    assert across.verdict() == "within noise"
-    assert across.format(2, "x") == "1.05x (range 0.97x-1.14x: 5 rounds, runs ±8.0%)"
-    wide = metrics.Spread.of([0.5, 1.0, 1.5], between=0.01)  # rounds wider than the floor keep their extremes
-    assert (wide.low, wide.high) == (0.5, 1.5)
-    for bad in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ValueError, match="between is a fraction"):
-            metrics.Spread.of(rounds, between=bad)
 
 
 def test_compare_top1_on_groups_of_different_size():

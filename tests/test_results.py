@@ -86,3 +86,18 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert path.read_text() == "a,b\n1,2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".x.csv.lock", "x.csv"]  # no temporary file left
+
+
+def test_superseded_rows_stay_in_the_file_but_are_not_read(out):
+    results.append("t", [{"method": "old", "speedup": 2.0}, {"method": "kept", "top1": 90.0}], "cpu")
+    assert results.supersede("t", lambda f: f["speedup"].notna(), "timed with an earlier routine") == 1
+    assert results.read("t")["method"].tolist() == ["kept"]
+    everything = results.read("t", superseded=True)
+    assert everything["method"].tolist() == ["old", "kept"]
+    assert everything.loc[0, results.SUPERSEDED] == "timed with an earlier routine"
+    assert results.supersede("t", lambda f: f["speedup"].notna(), "again") == 0  # marked once, reason kept
+    assert results.read("t", superseded=True).loc[0, results.SUPERSEDED] == "timed with an earlier routine"
+    results.append("t", [{"method": "new", "speedup": 1.5}], "cpu")
+    assert results.read("t")["method"].tolist() == ["kept", "new"]
+    with pytest.raises(ValueError, match="Say why"):
+        results.supersede("t", lambda f: f["speedup"].notna(), " ")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | calibrate | run [NOTEBOOK ...] | train | book | leaderboard``.
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | timing-check | run [NOTEBOOK ...] | train | book | leaderboard``.
 
 Argument parsing, one function per command that hands the arguments to the package and prints what comes
 back, and the mapping of errors to exit statuses (:data:`EXIT_FAILED`, :data:`EXIT_USAGE`): a user's mistake
@@ -113,19 +113,17 @@ def profile_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate(args: argparse.Namespace) -> int:
-    """Measure this machine's run-to-run floor (:func:`vitsurvey.measure.measure_rerun_floor`) and record it."""
-    from . import device, measure, profiles, results
+def timing_check(args: argparse.Namespace) -> int:
+    """Check that the timing routine holds on this machine, idle and under load
+    (:func:`vitsurvey.measure.timing_check`), and record the rows; exit 1 if any check failed."""
+    from . import measure, results
 
-    prof = profiles.get_profile(args.profile, resolve_data=False)
-    rows = measure.measure_rerun_floor(prof, runs=args.runs, pause_s=args.pause)
-    path = results.append(measure.RERUN_FLOOR_STEM, rows, prof.name, prof.device)
-    floor = measure.rerun_floor(prof.device)
-    if floor is None:  # the rows just written name this device, so this is a bug, not bad input
-        raise RuntimeError(f"{path} holds no floor for {device.device_name(prof.device)} after calibrating.")
-    print(f"run-to-run floor on {floor.device}: rates ±{100 * floor.rate:.1f}%, ratios ±{100 * floor.ratio:.1f}% "
-          f"({floor.runs} runs) -> {path.name}; every timing on this device now states ranges at least this wide")
-    return 0
+    rows = measure.timing_check(tuple(args.loads), pause_s=args.pause)
+    path = results.append(measure.CHECK_STEM, rows, "timing-check", "cpu")
+    failed = [f"{r['method']} ({r['setting']})" for r in rows if not r["passed"]]
+    print(f"{len(rows) - len(failed)} of {len(rows)} checks passed -> {path.name}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default)")
     p.add_argument("--json", action="store_true", help="print one JSON record")
     p.set_defaults(func=profile_model)
-    c = sub.add_parser("calibrate", help="measure how much timings move between runs on this machine")
-    c.add_argument("--profile", default="auto", help="smoke, cpu, gpu or auto (default): the models, batch and rounds")
-    c.add_argument("--runs", type=int, default=6, help="separate processes to time (default 6)")
-    c.add_argument("--pause", type=float, default=30.0, help="seconds between runs (default 30)")
-    c.set_defaults(func=calibrate)
+    c = sub.add_parser("timing-check", help="check that timings hold on this machine, idle and under load")
+    c.add_argument("--loads", nargs="+", choices=("idle", "busy"), default=["idle", "busy"],
+                   help="run the checks idle, under a busy process, or both in that order (default: both)")
+    c.add_argument("--pause", type=float, default=0.0, help="seconds between the runs (default 0)")
+    c.set_defaults(func=timing_check)
     r = sub.add_parser("run", help="execute notebooks headlessly with papermill")
     r.add_argument("notebooks", nargs="*", help="names or paths (default: every numbered notebook)")
     r.add_argument("--profile", default=None, help="smoke, cpu, gpu or auto; default: the notebooks' own choice")

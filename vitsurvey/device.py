@@ -1,4 +1,4 @@
-"""The machine a number was measured on: device naming, CPU features, memory, threads.
+"""The machine a number was measured on: device naming, CPU features, memory, threads, and how busy it was.
 
 Two machines can both call themselves "AMD EPYC" and still differ by 2x in fp32 and far more in int8 or bf16,
 so a device's name here carries its vector instruction set and thread count. Reading ``/proc/cpuinfo`` happens
@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from torch import nn
 from .checks import whole
 
 __all__ = [
-    "cpu_features", "cpuinfo", "device_name", "device_of", "machine_memory_bytes", "threads",
+    "MachineState", "cores", "cpu_features", "cpuinfo", "device_name", "device_of", "machine_memory_bytes",
+    "threads", "watch_load",
 ]
 
 _CPU_FLAGS = {"avx512_vnni": "VNNI", "avx_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
@@ -102,3 +104,70 @@ def threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), which is what other processes compete for."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs since boot, from ``/proc/stat``; None where the kernel does not say."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    counts = [int(x) for x in fields[1:]]
+    return counts[7], sum(counts[:8])
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """How busy the machine was around a measurement: the 1-minute load average before and after it, and the
+    share of CPU time the hypervisor stole from this virtual machine during it (None where the kernel does not
+    report steal time). A load above :attr:`cores` means processes waited for a core while it ran."""
+
+    load_before: float
+    load_after: float
+    cores: int
+    steal_pct: float | None
+
+    @property
+    def busy(self) -> bool:
+        return max(self.load_before, self.load_after) > self.cores
+
+    def columns(self) -> dict[str, float | int | None]:
+        """The results-file columns: ``load_before``, ``load_after``, ``cores``, ``steal_pct``."""
+        return {"load_before": round(self.load_before, 2), "load_after": round(self.load_after, 2),
+                "cores": self.cores, "steal_pct": None if self.steal_pct is None else round(self.steal_pct, 2)}
+
+    def describe(self) -> str:
+        """One sentence on the machine's load, with a warning where it was busier than its cores."""
+        steal = "" if self.steal_pct is None else f", {self.steal_pct:.1f}% of CPU time stolen by the hypervisor"
+        text = f"machine load {self.load_before:.2f} -> {self.load_after:.2f} on {self.cores} cores{steal}"
+        if self.busy:
+            text += (f". Warning: the machine was busier than its {self.cores} cores while this ran; the intervals "
+                     "account for the noise this adds, but rerun on an idle machine for the narrowest ones")
+        return text
+
+
+@contextlib.contextmanager
+def watch_load() -> Iterator[list[MachineState]]:
+    """Measure the machine's load around the block: ``with watch_load() as state: ...`` leaves one
+    :class:`MachineState` in ``state`` once the block ends."""
+    found: list[MachineState] = []
+    before, jiffies = os.getloadavg()[0], _cpu_jiffies()
+    try:
+        yield found
+    finally:
+        after, later = os.getloadavg()[0], _cpu_jiffies()
+        steal = None
+        if jiffies is not None and later is not None and later[1] > jiffies[1]:
+            steal = 100.0 * (later[0] - jiffies[0]) / (later[1] - jiffies[1])
+        found.append(MachineState(before, after, cores(), steal))

@@ -1,7 +1,7 @@
 """Comparing models honestly: the uncertainty of a measurement, Pareto fronts, the Efficient Error Rate.
 
-* :class:`Spread` summarises repeated timings (median, interquartile range, extremes); a speed-up is
-  called one only where its interquartile range excludes 1 (:meth:`Spread.verdict`).
+* :class:`Interval` summarises repeated timings (the median and a bootstrap confidence interval for it); a
+  speed-up is called one only where its interval excludes 1 (:meth:`Interval.verdict`).
 * :func:`top1_se` is the standard error of an accuracy on a finite test set, and
   :func:`compare_top1` calls a difference under about two standard errors "within noise".
 * Pareto fronts and the EER work on a table (a pandas DataFrame) with one row per model, so reported
@@ -18,80 +18,108 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "DIRECTIONS", "Spread", "compare_top1", "efficient_error_rate", "format_top1", "pareto_front",
-    "speedup_phrase", "top1_se", "versus",
+    "DIRECTIONS", "Interval", "compare_top1", "efficient_error_rate", "format_top1", "pareto_front",
+    "speedup_phrase", "top1_se", "uncertain_front", "versus",
 ]
 
 DIRECTIONS = ("min", "max")
 
 
-# --------------------------------------------------------------------------- spread of repeated timings
+# --------------------------------------------------------------------------- the uncertainty of repeated timings
 
 
 @dataclass(frozen=True)
-class Spread:
-    """Median and spread of repeated measurements of one quantity (a rate, or a ratio of rates).
+class Interval:
+    """The median of repeated measurements of one quantity (a rate, or a ratio of rates) with a confidence
+    interval for it.
 
-    The range (``low`` to ``high``) decides the verdict. It is the extremes over the rounds of one run,
-    widened, where the machine's run-to-run variation has been measured, to at least ``between`` (a
-    fraction) either side of the median. Rounds taken seconds apart share the machine's state of the
-    moment, so their range is narrow; runs minutes apart do not: on a shared CPU the same comparison's
-    median moved by several percent between runs whose within-run ranges were 1% wide
-    (:func:`vitsurvey.measure.measure_rerun_floor` measures by how much, :func:`vitsurvey.measure.rerun_floor`
-    reads it back). With ``between`` = 0 the range speaks for one run only, and :meth:`format` says so.
-    The interquartile range (``q1`` to ``q3``, numpy's linear interpolation, over the rounds) stays
-    available, and decides when :func:`vitsurvey.measure.relative_throughput` has enough rounds.
+    ``low`` to ``high`` is a percentile bootstrap interval of the median over the rounds (``level``, 95% by
+    default): resample the rounds with replacement, take each resample's median, keep the middle ``level`` of
+    those. It is what the verdict reads (:meth:`verdict`): a speed-up is "faster" only where the whole interval
+    lies above 1. The bootstrap is seeded, so the same rounds always give the same interval. Why an interval
+    of the median, not the extremes of the rounds: the extremes widen with every round added and one stalled
+    round moves them, while the interval narrows as rounds are added and one stalled round barely moves it.
+    ``minimum`` and ``maximum`` keep the extremes for tables that show them.
+
+    ``resolution`` (a fraction of the median) is the instrument's resolution: the interval is never narrower
+    than that either side of the median. Rounds within one run share what stays fixed during the run (where
+    each copy of a model sits in memory, what another process is doing), so a run's bootstrap interval can be
+    narrower than the spread between runs; :func:`vitsurvey.measure.relative_throughput` explains the default.
     """
 
     median: float
-    q1: float
-    q3: float
     low: float
     high: float
     n: int
-    between: float = 0.0
-    """Run-to-run variation folded into ``low`` and ``high``: a fraction of the median (0: none measured)."""
+    level: float = 0.95
+    minimum: float = math.nan
+    maximum: float = math.nan
+    resolution: float = 0.0
+    sampling_half_width: float = 0.0
+    """The bootstrap interval's half-width before the resolution was applied, as a fraction of the median:
+    what more rounds can still narrow."""
 
     @classmethod
-    def of(cls, values: Iterable[float], between: float = 0.0) -> Spread:
+    def of(cls, values: Iterable[float], level: float = 0.95, resolution: float = 0.0, resamples: int = 4000,
+           seed: int = 0) -> Interval:
         v = np.asarray([float(x) for x in values], dtype=float)
         if v.size == 0 or not np.isfinite(v).all():
-            raise ValueError(f"A spread needs one or more finite values, got {v.tolist()}.")
-        if not (math.isfinite(between) and 0.0 <= between < 1.0):
-            raise ValueError(f"between is a fraction of the median in [0, 1), not {between}.")
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
-        low = min(float(v.min()), float(med) * (1.0 - between))
-        high = max(float(v.max()), float(med) * (1.0 + between))
-        return cls(float(med), float(q1), float(q3), low, high, int(v.size), float(between))
+            raise ValueError(f"An interval needs one or more finite values, got {v.tolist()}.")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level is a probability between 0 and 1 (e.g. 0.95), not {level}.")
+        if not (math.isfinite(resolution) and 0.0 <= resolution < 1.0):
+            raise ValueError(f"resolution is a fraction of the median in [0, 1), not {resolution}.")
+        med = float(np.median(v))
+        if v.size == 1:
+            low = high = med
+        else:
+            rng = np.random.default_rng(seed)
+            medians = np.median(v[rng.integers(0, v.size, size=(resamples, v.size))], axis=1)
+            tail = (1.0 - level) / 2.0
+            low, high = (float(x) for x in np.quantile(medians, [tail, 1.0 - tail]))
+        sampling = (high - low) / 2.0 / abs(med) if med else math.inf
+        low, high = min(low, med * (1.0 - resolution)), max(high, med * (1.0 + resolution))
+        return cls(med, low, high, int(v.size), level, float(v.min()), float(v.max()), resolution, sampling)
 
     @property
-    def relative_iqr(self) -> float:
-        """Width of the interquartile range as a fraction of the median."""
-        return (self.q3 - self.q1) / abs(self.median) if self.median else math.inf
+    def half_width(self) -> float:
+        """Half the interval's width as a fraction of the median: the smallest relative difference from the
+        median that this run could tell apart from it."""
+        return (self.high - self.low) / 2.0 / abs(self.median) if self.median else math.inf
+
+    @property
+    def detectable(self) -> float:
+        """The smallest relative difference this run would detect with 80% power: a true difference of
+        (z_0.975 + z_0.8) standard errors separates from 1 four times in five, and the interval's half-width
+        is z_0.975 of them (a normal approximation to the bootstrap)."""
+        return self.half_width * (1.959964 + 0.841621) / 1.959964
 
     def excludes(self, value: float = 1.0) -> bool:
-        """True when the whole range lies on one side of ``value``."""
+        """True when the whole interval lies on one side of ``value``."""
         return self.low > value or self.high < value
 
     def verdict(self, value: float = 1.0) -> str:
-        """For a ratio of rates: ``faster``, ``slower``, or ``within noise`` (the range includes ``value``)."""
+        """For a ratio of rates: ``faster``, ``slower``, or ``within noise`` (the interval includes ``value``)."""
         if not self.excludes(value):
             return "within noise"
         return "faster" if self.median > value else "slower"
 
     def format(self, digits: int = 2, unit: str = "") -> str:
-        """``1.32x (range 1.22x-1.42x: 7 rounds, runs ±7.5%)``-style text, with ``unit`` after each number;
-        ``one run`` in place of the run-to-run part where none was measured."""
+        """``1.32x (95% CI 1.22x-1.42x, 9 rounds)``-style text, with ``unit`` after each number."""
         f = f"{{:.{digits}f}}{unit}"
-        runs = f"runs ±{100 * self.between:.1f}%" if self.between else "one run"
-        return f"{f.format(self.median)} (range {f.format(self.low)}-{f.format(self.high)}: {self.n} rounds, {runs})"
+        return (f"{f.format(self.median)} ({100 * self.level:.0f}% CI {f.format(self.low)}-{f.format(self.high)}, "
+                f"{self.n} rounds)")
 
 
-def speedup_phrase(spread: Spread, digits: int = 2) -> str:
-    """A sentence fragment for a throughput ratio: '1.32x faster (IQR ...)' or 'within noise (...)'."""
-    text = spread.format(digits, "x")
-    verdict = spread.verdict()
-    return f"{text}: within noise" if verdict == "within noise" else f"{text}, {verdict}"
+def speedup_phrase(interval: Interval, digits: int = 2) -> str:
+    """A sentence fragment for a throughput ratio: ``1.32x faster (95% CI ...)``, or, where the interval includes
+    1, ``inconclusive at this precision`` with the interval and the smallest change this run could have seen."""
+    text = interval.format(digits, "x")
+    verdict = interval.verdict()
+    if verdict == "within noise":
+        return (f"inconclusive at this precision: {text}; this run could detect a difference of about "
+                f"{100 * interval.detectable:.0f}% or more (80% power)")
+    return f"{text}, {verdict}"
 
 
 # --------------------------------------------------------------------------- accuracy on a finite test set
@@ -169,6 +197,39 @@ def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Serie
         better = (candidates < cost[i]).any(axis=1)
         on_front[i] = not (no_worse & better).any()
     return pd.Series(on_front, index=frame.index, name="pareto")
+
+
+def uncertain_front(frame: pd.DataFrame, objectives: Mapping[str, str],
+                    intervals: Mapping[str, tuple[str, str]]) -> pd.Series:
+    """True for the members of :func:`pareto_front` (computed on the medians) whose place on it the intervals do
+    not settle: a member that dominates another row only by amounts inside the measurement's intervals.
+
+    ``intervals`` maps an objective to the columns of its interval's bounds, e.g. ``{"speedup": ("speedup_low",
+    "speedup_high")}``. A member is uncertain when some row it dominates has, on every objective with an
+    interval, an interval that overlaps the member's: the two could be in either order there, so the other row
+    might belong on the front instead (or both).
+    """
+    front = pareto_front(frame, objectives)
+    unknown = [c for c in intervals if c not in objectives]
+    if unknown:
+        raise ValueError(f"intervals name columns that are not objectives: {unknown}.")
+    for low, high in intervals.values():
+        _check_columns(frame, [low, high], "uncertain_front")
+    columns = list(objectives)
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    signs = np.array([1.0 if objectives[c] == "min" else -1.0 for c in columns])
+    cost = values * signs
+    bounds = {c: frame[list(b)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+              for c, b in intervals.items()}
+    uncertain = np.zeros(len(frame), dtype=bool)
+    for i in np.flatnonzero(front.to_numpy()):
+        dominated = (cost[i] <= cost).all(axis=1) & (cost[i] < cost).any(axis=1)
+        for j in np.flatnonzero(dominated):
+            if intervals and all(bounds[c][i, 0] <= bounds[c][j, 1] and bounds[c][j, 0] <= bounds[c][i, 1]
+                                 for c in intervals):
+                uncertain[i] = True
+                break
+    return pd.Series(uncertain, index=frame.index, name="uncertain")
 
 
 def efficient_error_rate(

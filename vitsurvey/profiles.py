@@ -75,20 +75,16 @@ class Profile:
     bench_min_seconds: float = 0.0
     """Timed passes continue past ``bench_iters`` until this much time has elapsed (steadier rates)."""
     latency_iters: int = 10
-    timing_rounds: int = 5
+    timing_rounds: int = 9
     """Interleaved rounds every speed comparison runs at least (:func:`vitsurvey.measure.relative_throughput`)."""
-    timing_max_rounds: int = 11
-    """Rounds it may add while a ratio's interquartile range is wider than ``timing_tolerance``."""
-    timing_tolerance: float = 0.05
-    calibration_models: tuple[str, ...] = ("vit_small_patch16_224", "vit_tiny_patch16_224", "efficientformerv2_s0")
-    """timm models that ``python -m vitsurvey calibrate`` times run after run (on a CPU with the first one's
-    int8 copy) to measure how far timings move between runs (:func:`vitsurvey.measure.measure_rerun_floor`)."""
-    calibration_companions: tuple[str, ...] = ("resnet50", "vit_base_patch16_224")
-    """timm models timed in the same rounds as ``calibration_models`` but not reported: run ``k`` adds none
-    when ``k`` is a multiple of ``len + 1``, else the next one in turn. A ratio moves with the other models of
-    a comparison (on this project's CPU, EfficientFormerV2-S0 over ViT-Ti/16 measured 1.28 timed alone,
-    1.33 beside ViT-B/16 and 1.38 beside ResNet-50), and notebooks time different sets, so the floor must
-    include that movement too."""
+    timing_max_rounds: int = 25
+    """Rounds it may add while a ratio's 95% interval is wider than ``timing_tolerance`` either side of it."""
+    timing_tolerance: float = 0.02
+    timing_iters: int = 3
+    """Passes per timing, of which the fastest counts."""
+    timing_threads: int | None = 1
+    """Threads per model while timing on a CPU: 1 (per-core throughput by the thread's CPU time, which other
+    processes cannot distort) or None (the whole machine, wall clock)."""
     sweep_batch_sizes: tuple[int, ...] = (1, 8)
     """Batch sizes when many models are benchmarked in one notebook (02, 11)."""
     protocol_models: tuple[str, ...] = ()
@@ -188,8 +184,8 @@ class Profile:
     def timing(self) -> dict[str, float | int]:
         """Keyword arguments of :func:`vitsurvey.measure.relative_throughput` for this profile."""
         return {"rounds": self.timing_rounds, "max_rounds": self.timing_max_rounds,
-                "tolerance": self.timing_tolerance, "warmup": self.bench_warmup, "iters": self.bench_iters,
-                "min_seconds": self.bench_min_seconds}
+                "tolerance": self.timing_tolerance, "warmup": self.bench_warmup, "iters": self.timing_iters,
+                "threads": self.timing_threads}
 
     def for_tokens(self) -> Profile:
         """This profile with the token-reduction baseline as its baseline (itself where there is none)."""
@@ -223,11 +219,11 @@ class Profile:
 
 
 _POSITIVE_INTS = ("epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
-                  "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
+                  "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
                   "multiplex_epochs", "multiplex_k", "e360_epochs")
 _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "token_baseline_epochs", "s3_models", "finetune_samples",
                            "student_samples", "teacher_epochs", "mixer_samples", "mixer_models", "multiplex_samples",
-                           "e360_samples", "e360_train_samples")
+                           "e360_samples", "e360_train_samples", "timing_threads")
 _NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
 _POSITIVE_FLOATS = ("lr", "finetune_lr")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "warmup_epochs", "bench_min_seconds", "timing_tolerance")
@@ -263,10 +259,9 @@ PROFILES: dict[str, Profile] = {
         latency_iters=3,
         timing_rounds=3,
         timing_max_rounds=3,
+        timing_iters=1,
         resolutions=(32, 64),
         timing_batch=2,
-        calibration_models=("vit_tiny_patch16_224", "resnet18"),
-        calibration_companions=("mobilenetv3_small_100",),
         sweep_batch_sizes=(1, 2),
         finetune_samples=256,
         compression_levels=(0.3, 0.6),
@@ -335,6 +330,8 @@ PROFILES: dict[str, Profile] = {
         bench_iters=50,
         bench_min_seconds=1.0,
         latency_iters=100,
+        timing_iters=10,
+        timing_threads=None,
         resolutions=(64, 128, 224, 320, 384, 448, 512, 640),
         timing_batch=64,
         sweep_batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048),  # S3: powers of two up to the memory limit

@@ -1,6 +1,6 @@
 """Progress bars where someone watches a terminal, and nowhere else.
 
-Long work (training epochs, benchmarking sweeps, calibration runs, notebooks executed by ``python -m vitsurvey
+Long work (training epochs, benchmarking sweeps, timing rounds, notebooks executed by ``python -m vitsurvey
 run``) shows a tqdm bar when standard error is a terminal. In a notebook, a log file or CI it shows nothing: a
 text bar would leave carriage-return debris in the stored outputs, and a widget bar needs ipywidgets and a
 live front end. ``$VITSURVEY_PROGRESS`` set to 1 or 0 overrides the guess.

@@ -39,9 +39,9 @@ from .device import cpu_features, device_name
 from .paths import ENV_OUTPUT, OutputDirError, project_root, repository_root, results_dir
 
 __all__ = [
-    "COLUMNS", "ENV_OUTPUT", "LOCK_TIMEOUT_S", "OutputDirError", "ResultsFileError", "append", "context",
-    "cpu_features", "device_name", "project_root", "read", "read_file", "repository_root", "results_dir",
-    "write_atomic", "write_text_atomic",
+    "COLUMNS", "ENV_OUTPUT", "LOCK_TIMEOUT_S", "OutputDirError", "ResultsFileError", "SUPERSEDED", "append",
+    "context", "cpu_features", "current", "device_name", "project_root", "read", "read_file", "repository_root",
+    "results_dir", "supersede", "write_atomic", "write_text_atomic",
 ]
 
 COLUMNS = [
@@ -193,8 +193,38 @@ def read_file(path: Path) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text))
 
 
-def read(stem: str) -> pd.DataFrame:
-    """The results of one notebook (an empty frame with the standard columns if none yet); a damaged file
-    raises :class:`ResultsFileError`."""
+SUPERSEDED = "superseded"
+"""The column that marks a row no longer to be read, with the reason (e.g. measured with an earlier protocol)."""
+
+
+def current(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a results frame that are not marked :data:`SUPERSEDED`."""
+    if SUPERSEDED not in frame.columns:
+        return frame
+    return frame[frame[SUPERSEDED].isna() | (frame[SUPERSEDED].astype(str).str.strip() == "")]
+
+
+def read(stem: str, superseded: bool = False) -> pd.DataFrame:
+    """The results of one notebook (an empty frame with the standard columns if none yet), without the rows
+    marked superseded unless ``superseded``; a damaged file raises :class:`ResultsFileError`."""
     path = results_dir() / f"{Path(stem).stem}.csv"
-    return read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    frame = read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    return frame if superseded else current(frame)
+
+
+def supersede(stem: str, rows: Callable[[pd.DataFrame], pd.Series], why: str) -> int:
+    """Mark the rows of ``data/results/<stem>.csv`` that ``rows`` selects (a function of the whole frame returning
+    a boolean mask) as superseded, giving ``why``; rows marked before keep their reason. They stay in the file, as
+    history, but :func:`read` no longer returns them. Returns how many rows were newly marked."""
+    if not why.strip():
+        raise ValueError("Say why the rows are superseded (e.g. 'measured with the earlier timing routine').")
+    path = results_dir() / f"{Path(stem).stem}.csv"
+    with _locked(path):
+        frame = read_file(path)
+        if SUPERSEDED not in frame.columns:
+            frame[SUPERSEDED] = pd.NA
+        fresh = rows(frame).fillna(False).astype(bool) & frame.index.isin(current(frame).index)
+        frame.loc[fresh, SUPERSEDED] = why
+        text = frame.convert_dtypes().to_csv(index=False)
+        _write_locked(path, lambda f: f.write(text.encode("utf-8")))
+    return int(fresh.sum())

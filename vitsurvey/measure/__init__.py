@@ -6,17 +6,16 @@ otherwise; memory is in bytes; throughput in images per second; latency in milli
 
 The modules, from the bottom up:
 
-* :mod:`~vitsurvey.measure.floor`: this machine's run-to-run floor as recorded (:class:`RerunFloor`,
-  :func:`rerun_floor`), which widens every stated range of a timing.
-* :mod:`~vitsurvey.measure.timing`: :func:`throughput` over a batch sweep, :func:`pass_times_ms`,
-  :func:`latency_ms`, and :func:`relative_throughput`, the interleaved rounds behind every speed-up
-  (:class:`Timings`); :func:`steady_allocator` and :class:`Autocast`.
+* :mod:`~vitsurvey.measure.timing`: :func:`relative_throughput`, the one timing routine behind every
+  speed-up (interleaved rounds, one thread per model by its CPU time, bootstrap intervals: :class:`Timings`);
+  :func:`throughput` over a batch sweep (the whole machine), :func:`pass_times_ms`, :func:`latency_ms`,
+  :func:`steady_allocator` and :class:`Autocast`.
 * :mod:`~vitsurvey.measure.macs`: :func:`count_macs` with fvcore, and :func:`float_twin` for int8 models.
 * :mod:`~vitsurvey.measure.memory`: :func:`peak_memory`, :func:`inference_memory`, :func:`training_memory`,
   :func:`activation_bytes`, :func:`model_size_bytes`, :func:`serialized_bytes`.
 * :mod:`~vitsurvey.measure.benchmarks`: all of them at once (:func:`benchmark`, :func:`benchmark_models`).
-* :mod:`~vitsurvey.measure.reruns`: measuring the run-to-run floor in separate processes
-  (:func:`measure_rerun_floor`).
+* :mod:`~vitsurvey.measure.check`: the A/A and half-depth checks that the timing routine holds under load
+  (:func:`timing_check`).
 
 Parameters and MACs counted from a config (:func:`vit_params`, :func:`vit_macs`) and parameters counted on a
 built model (:func:`count_params`, :func:`packed_weights`, :func:`nonzero_params`) belong to the models
@@ -29,8 +28,9 @@ Traps this package closes (see notebook 02 for each one shown on real numbers):
 * Timing without warm-up measures allocation and kernel selection; timing a GPU without
   synchronising measures only the kernel launches. :func:`throughput` does both right.
 * On a CPU, glibc's allocator makes a timing depend on what the process allocated before;
-  :func:`steady_allocator` fixes its thresholds. What still differs between runs minutes apart is
-  measured by :func:`measure_rerun_floor` and carried into every stated range (:func:`rerun_floor`).
+  :func:`steady_allocator` fixes its thresholds.
+* On a machine shared with other processes, wall-clock timings with all threads measure the other processes
+  as much as the model; :func:`relative_throughput` times one thread per model by its CPU time.
 * A CPU has no allocator statistics like CUDA's; :func:`peak_memory` tracks the bytes of live tensor
   storage through torch's dispatcher instead, and says which method it used.
 """
@@ -39,19 +39,17 @@ from __future__ import annotations
 
 from ..models.counts import count_params, nonzero_params, packed_weights, vit_macs, vit_params
 from .benchmarks import Benchmark, benchmark, benchmark_models, input_shape_of
-from .floor import RERUN_FLOOR_STEM, RerunFloor, rerun_floor
 from .macs import MacCount, count_macs, float_twin
 from .memory import (Memory, activation_bytes, inference_memory, model_size_bytes, peak_memory, serialized_bytes,
                      tensor_bytes, training_memory)
-from .reruns import companion_of_run, measure_rerun_floor, rerun_floor_run
-from .timing import (Autocast, Throughput, Timings, latency_ms, pass_times_ms, relative_throughput, steady_allocator,
-                     throughput)
+from .check import CHECK_STEM, timing_check
+from .timing import (CLOCKS, Autocast, Throughput, Timings, latency_ms, pass_times_ms, relative_throughput,
+                     steady_allocator, throughput)
 
 __all__ = [
-    "Autocast", "Benchmark", "MacCount", "Memory", "RERUN_FLOOR_STEM", "RerunFloor", "Throughput",
-    "Timings", "activation_bytes", "benchmark", "benchmark_models", "companion_of_run", "count_macs",
-    "count_params", "float_twin", "inference_memory", "input_shape_of", "latency_ms", "measure_rerun_floor",
-    "model_size_bytes", "nonzero_params", "packed_weights", "pass_times_ms", "peak_memory", "relative_throughput",
-    "rerun_floor", "rerun_floor_run", "serialized_bytes", "steady_allocator", "tensor_bytes", "throughput",
-    "training_memory", "vit_macs", "vit_params",
+    "Autocast", "Benchmark", "CHECK_STEM", "CLOCKS", "MacCount", "Memory", "Throughput", "Timings", "activation_bytes",
+    "benchmark", "benchmark_models", "count_macs", "count_params", "float_twin", "inference_memory",
+    "input_shape_of", "latency_ms", "model_size_bytes", "nonzero_params", "packed_weights", "pass_times_ms",
+    "peak_memory", "relative_throughput", "serialized_bytes", "steady_allocator", "tensor_bytes", "throughput",
+    "timing_check", "training_memory", "vit_macs", "vit_params",
 ]

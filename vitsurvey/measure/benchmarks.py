@@ -119,13 +119,15 @@ def benchmark_models(
     """:func:`benchmark` for each timm model name, never stopping at one bad model; then every model
     that ran is timed again, interleaved with the others, so their rates can be compared.
 
-    The sweep finds each model's best batch; the reported ``throughput_img_s`` is then the median over
-    the profile's interleaved rounds at that batch (:func:`relative_throughput`), with its range
-    (``throughput_low``, ``throughput_high``) and quartiles (``throughput_q1``, ``throughput_q3``), and the
-    ratio to ``reference`` (default: the first model that ran) in ``relative_throughput`` with the same
-    four (``relative_low`` ... ``relative_q3``); the range is the spread to quote (:class:`~vitsurvey.metrics.Spread`). A machine whose speed drifts between two runs
-    (a shared CPU can differ by 2x from one hour to the next) moves absolute rates, not these ratios:
-    compare runs by ratio. The sweep's best single timing stays in ``sweep_best_img_s``.
+    The sweep finds each model's best batch on the whole machine (all threads, wall clock: what a user's machine
+    does with the model), kept as ``sweep_best_img_s``. Then every model that ran is timed at that batch by
+    :func:`relative_throughput` with the profile's settings (on a CPU: one thread per model, by its CPU time,
+    which other processes cannot distort): ``throughput_img_s`` is that per-core rate's median with its 95%
+    interval (``throughput_low``, ``throughput_high``), and ``relative_throughput`` the ratio to ``reference``
+    (default: the first model that ran) with its interval (``relative_low``, ``relative_high``). Each row also
+    carries how it was timed and the machine's load (:meth:`~vitsurvey.measure.timing.Timings.columns`). A
+    machine whose speed drifts between two runs moves absolute rates more than these ratios: compare runs by
+    ratio.
 
     Each row has ``model`` and ``status``: ``ok``; ``unknown model`` (skipped, with close names in the
     log); ``out of memory at batch N`` (the row keeps what fitted, ``max_batch_fitted`` included); or
@@ -172,13 +174,12 @@ def benchmark_models(
             rate, ratio = timings.rate(name), timings.ratio(name)
             by_name[name].update({
                 "throughput_img_s": rate.median, "throughput_low": rate.low, "throughput_high": rate.high,
-                "throughput_q1": rate.q1, "throughput_q3": rate.q3,
-                "timing_rounds": rate.n, "reference": timings.reference,
+                "reference": timings.reference,
                 "relative_throughput": ratio.median, "relative_low": ratio.low, "relative_high": ratio.high,
-                "relative_q1": ratio.q1, "relative_q3": ratio.q3,
+                **timings.columns(),
             })
         if log:
-            log(f"interleaved: {timings.rounds} rounds over {len(kept)} models, relative to {timings.reference}")
+            log(f"interleaved: {timings.describe()} Relative to {timings.reference}.")
     for row in rows:
         row.setdefault("throughput_img_s", None)
     return rows

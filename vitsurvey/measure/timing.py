@@ -4,9 +4,9 @@ rounds behind every speed-up.
 Traps closed here (notebook 02 shows each on real numbers): timing without warm-up measures allocation and
 kernel selection; timing a GPU without synchronising measures only the kernel launches (:func:`throughput`
 does both right); on a CPU, glibc's allocator makes a timing depend on what the process allocated before
-(:func:`steady_allocator`). Two models timed minutes apart see different machines, so speed-ups are ratios
-taken within interleaved rounds (:func:`relative_throughput`), their ranges widened to the machine's
-run-to-run floor (:mod:`vitsurvey.measure.floor`).
+(:func:`steady_allocator`). Two models timed minutes apart see different machines, and other processes slow
+whatever runs beside them, so speed-ups are ratios taken within interleaved rounds, one thread per model, by
+each thread's CPU time, summarised by a median with a bootstrap interval (:func:`relative_throughput`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from torch import nn
 
 from .. import progress
 from ..checks import whole, whole_numbers
-from ..metrics import Spread
-from .floor import RerunFloor, rerun_floor
+from ..device import MachineState, watch_load
+from ..device import threads as threads_limited
+from ..metrics import Interval
 
 __all__ = [
-    "Autocast", "Throughput", "Timings", "autocast_context", "free_cached", "is_oom", "latency_ms", "pass_times_ms",
+    "Autocast", "CLOCKS", "RESOLUTION", "Throughput", "Timings", "autocast_context", "free_cached", "is_oom", "latency_ms", "pass_times_ms",
     "relative_throughput", "steady_allocator", "synchronize", "throughput",
 ]
 
@@ -241,34 +242,62 @@ def latency_ms(
     return 1e3 * statistics.median(times)
 
 
+RESOLUTION = 0.03
+"""No timing interval is narrower than 3% either side of its median. Two identical copies of one ViT, timed in
+separate runs of nine to fifteen rounds on this project's 2-core CPU with another process busy, gave medians from
+0.986 to 1.008 while each run's own bootstrap interval was about 1% wide either side: what stays fixed within a run
+(where each copy sits in memory, what the other process is doing) moves between runs, not between rounds. So a
+difference under 3% is below what this instrument resolves, and ``python -m vitsurvey timing-check`` re-measures
+whether that holds on any machine."""
+
+CLOCKS = {
+    "cpu-time": "per-core throughput: one thread per model, the thread's CPU time",
+    "wall": "whole-machine throughput: all threads, wall-clock time",
+    "cuda-events": "GPU throughput: CUDA events around each pass",
+}
+"""What a :class:`Timings` measured, as figures and tables say it."""
+
+
 @dataclass
 class Timings:
     """Images per second of several models, timed in interleaved rounds: every rate of every round.
 
-    Ratios are taken within a round (model over reference, timed moments apart), so a drift in the
-    machine's speed between rounds cancels; their median and range (lowest to highest over the rounds,
-    widened to the machine's run-to-run ``floor`` where one was measured) is the speed-up a notebook quotes
-    (:meth:`ratio`), and :meth:`table` is what it shows.
+    Ratios are taken within a round (model over reference, timed moments apart), so a drift in the machine's
+    speed between rounds cancels. :meth:`ratio` and :meth:`rate` give the median over the rounds with a
+    bootstrap confidence interval (:class:`~vitsurvey.metrics.Interval`), which decides every verdict;
+    :meth:`table` is what a notebook shows and :meth:`describe` the sentence that says how it was measured.
     """
 
     rates: dict[str, list[float]]
-    """Images per second of each model, one entry per round."""
+    """Images per second of each model, one entry per round (by :attr:`clock`)."""
     reference: str
     batch_size: dict[str, int]
-    floor: RerunFloor | None = None
-    """This machine's measured run-to-run variation, folded into every range (None: one run's range)."""
+    clock: str = "wall"
+    """A key of :data:`CLOCKS`: what the rates measure."""
+    wall_rates: dict[str, list[float]] = field(default_factory=dict)
+    """The same rounds by the wall clock, kept beside CPU-time rates (empty where the clock is the wall)."""
+    threads: int | None = None
+    """Threads each model ran on (None: torch's default, the whole machine)."""
+    machine: MachineState | None = None
+    level: float = 0.95
+    resolution: float = RESOLUTION
 
     @property
     def rounds(self) -> int:
         return len(next(iter(self.rates.values())))
 
-    def rate(self, name: str) -> Spread:
-        return Spread.of(self._rates(name), self.floor.rate if self.floor else 0.0)
+    @property
+    def label(self) -> str:
+        """What the rates are, for an axis or a table caption."""
+        return CLOCKS[self.clock]
 
-    def ratio(self, name: str, reference: str | None = None) -> Spread:
+    def rate(self, name: str) -> Interval:
+        return Interval.of(self._rates(name), self.level, self.resolution)
+
+    def ratio(self, name: str, reference: str | None = None) -> Interval:
         """Throughput of ``name`` over that of ``reference`` (default: the run's), round by round."""
         ref = self._rates(reference or self.reference)
-        return Spread.of((a / b for a, b in zip(self._rates(name), ref)), self.floor.ratio if self.floor else 0.0)
+        return Interval.of([a / b for a, b in zip(self._rates(name), ref)], self.level, self.resolution)
 
     def _rates(self, name: str) -> list[float]:
         if name not in self.rates:
@@ -276,8 +305,8 @@ class Timings:
         return self.rates[name]
 
     def table(self) -> Any:
-        """One row per model: median img/s with its range, and the speed-up over the reference with its
-        range and IQR (the verdict follows the range: :class:`~vitsurvey.metrics.Spread`)."""
+        """One row per model: median img/s and the speed-up over the reference, each with its confidence
+        interval, and the verdict the interval gives."""
         import pandas as pd
 
         rows = []
@@ -286,10 +315,49 @@ class Timings:
             rows.append({
                 "model": name, "batch": self.batch_size[name],
                 "img/s": r.median, "img/s low": r.low, "img/s high": r.high,
-                f"x {self.reference}": q.median, "x low": q.low, "x high": q.high, "x q1": q.q1, "x q3": q.q3,
+                f"x {self.reference}": q.median, "x low": q.low, "x high": q.high,
                 "verdict": "reference" if name == self.reference else q.verdict(),
             })
         return pd.DataFrame(rows).set_index("model")
+
+    def describe(self) -> str:
+        """How these numbers were measured, and how busy the machine was (with a warning where it was busier
+        than its cores): one sentence for a notebook to print under its table."""
+        text = f"{self.label}; {self.rounds} interleaved rounds, medians with {100 * self.level:.0f}% bootstrap intervals"
+        return text + (f"; {self.machine.describe()}." if self.machine else ".")
+
+    def columns(self) -> dict[str, Any]:
+        """The columns every results row of this timing carries: rounds, clock, threads and the machine's load."""
+        cols: dict[str, Any] = {"timing_rounds": self.rounds, "timing_clock": self.clock, "timing_threads": self.threads}
+        return cols | (self.machine.columns() if self.machine else {})
+
+
+def _pass_seconds(model: nn.Module, x: torch.Tensor, device: torch.device, clock: str) -> tuple[float, float]:
+    """One inference pass: (seconds by ``clock``, seconds by the wall clock)."""
+    if clock == "cuda-events":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+        return seconds, seconds
+    wall, cpu = time.perf_counter(), time.thread_time()
+    model(x)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    return (cpu if clock == "cpu-time" else wall), wall
+
+
+def _best_pass(model: nn.Module, x: torch.Tensor, device: torch.device, clock: str, iters: int,
+               min_seconds: float) -> tuple[float, float]:
+    """The fastest of at least ``iters`` passes (continuing until ``min_seconds`` have passed), by ``clock`` and by
+    the wall clock. The fastest, not the mean: a pass can only be slowed by what else runs, never sped up."""
+    best, best_wall, done = math.inf, math.inf, 0
+    start = time.perf_counter()
+    while done < iters or time.perf_counter() - start < min_seconds:
+        seconds, wall = _pass_seconds(model, x, device, clock)
+        best, best_wall, done = min(best, seconds), min(best_wall, wall), done + 1
+    return best, best_wall
 
 
 def relative_throughput(
@@ -297,27 +365,46 @@ def relative_throughput(
     input_shape: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
     batch_size: int | Mapping[str, int],
     device: str | torch.device = "cpu",
-    rounds: int = 5,
-    max_rounds: int | None = None,
-    tolerance: float = 0.05,
+    rounds: int = 9,
+    max_rounds: int | None = 25,
+    tolerance: float = 0.02,
     reference: str | None = None,
     warmup: int = 2,
-    iters: int = 5,
+    iters: int = 3,
     min_seconds: float = 0.0,
-    floor: RerunFloor | bool = True,
+    threads: int | None = 1,
+    level: float = 0.95,
+    resolution: float = RESOLUTION,
 ) -> Timings:
     """Time several models in interleaved rounds; the one timing routine behind every speed-up.
 
-    Every round times each model once with :func:`throughput` (warm-up, synchronisation, at least
-    ``iters`` passes and ``min_seconds``), in turn, each round starting one model further along the
-    list, so a drift in the machine's speed affects all models alike and none always runs first. At
-    least ``rounds`` rounds run; up to ``max_rounds`` (default: ``rounds``) run while any ratio to the
-    ``reference`` (default: the first model) has an interquartile range wider than ``tolerance``
-    times its median. ``input_shape`` and ``batch_size`` may be given per model. ``floor``: this
-    machine's run-to-run variation, folded into every range: ``True`` reads the floor last measured on this
-    device (:func:`~vitsurvey.measure.floor.rerun_floor`; none: one run's range), ``False`` leaves it out, or pass one.
+    The protocol, and why each part of it:
+
+    * **One thread per model on a CPU** (``threads=1``, the default): on a 2-core machine two threads make every
+      op wait for the slower one, so a single other process stalls all of them. With one thread the model runs
+      on one core and its thread's **CPU time** (``time.thread_time``) counts only the time it actually ran, so
+      time spent waiting for a core is left out. The rates are per-core throughput. ``threads=None`` times the
+      whole machine (all threads, wall clock): what a user's machine does with one model, labelled so.
+    * **A B B A within each round**, the order reversed and rotated every round, so that a drift in the machine's
+      speed affects all models alike and none always runs first or last.
+    * **The fastest of a few passes** per timing (``iters``, continuing until ``min_seconds``): other processes can
+      only slow a pass, never speed it up, so the minimum is the least disturbed reading.
+    * **Enough rounds, and an interval**: at least ``rounds`` rounds, then more (up to ``max_rounds``) while any
+      ratio's 95% bootstrap interval is wider than ``tolerance`` either side of its median (``max_rounds=None``:
+      exactly ``rounds``). Ratios are taken within
+      each round and summarised by their median with that interval (:class:`~vitsurvey.metrics.Interval`), never
+      narrower than ``resolution`` either side (:data:`RESOLUTION` says why).
+    * **On a GPU**: the same rounds, each pass timed with CUDA events.
+
+    The machine's load average before and after (and the CPU time stolen by a hypervisor, where the kernel reports
+    it) is kept in :attr:`Timings.machine`. ``input_shape`` and ``batch_size`` may be given per model.
     """
     whole("rounds", rounds, minimum=1)
+    _check_timing(warmup, iters, min_seconds)
+    if threads is not None:
+        whole("threads", threads, minimum=1, hint="Use None to time the whole machine.")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite fraction >= 0, not {tolerance!r}.")
     max_rounds = max(rounds, max_rounds or rounds)
     names = list(models)
     if not names:
@@ -327,16 +414,44 @@ def relative_throughput(
         raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(names)}.")
     shapes = {n: input_shape[n] if isinstance(input_shape, Mapping) else input_shape for n in names}
     batches = {n: batch_size[n] if isinstance(batch_size, Mapping) else batch_size for n in names}
-    if floor is True:
-        floor = rerun_floor(device)
-    timings = Timings({n: [] for n in names}, reference, batches, floor or None)
-    for k in progress.bar(range(max_rounds), "timing rounds"):
-        for name in names[k % len(names):] + names[: k % len(names)]:
-            rate = throughput(models[name], shapes[name], (batches[name],), device, warmup=warmup, iters=iters,
-                              min_seconds=min_seconds).img_per_s
-            if rate is None:
-                raise RuntimeError(f"{name} ran out of memory at batch {batches[name]}; choose a smaller batch.")
-            timings.rates[name].append(rate)
-        if k + 1 >= rounds and all(timings.ratio(n).relative_iqr <= tolerance for n in names):
-            break
+    whole_numbers("batch sizes", list(batches.values()), minimum=1)
+    device = torch.device(device)
+    if device.type == "cuda":
+        clock, threads = "cuda-events", None
+    else:
+        clock = "cpu-time" if threads == 1 else "wall"
+        steady_allocator()
+    timings = Timings({n: [] for n in names}, reference, batches, clock, {n: [] for n in names}, threads,
+                      level=level, resolution=resolution)
+    inputs = {n: torch.randn(batches[n], *shapes[n], device=device) for n in names}
+    with contextlib.ExitStack() as stack:
+        if threads is not None:
+            stack.enter_context(threads_limited(threads))
+        stack.enter_context(torch.inference_mode())
+        state = stack.enter_context(watch_load())
+        for n in names:
+            try:
+                models[n].to(device).eval()
+                for _ in range(warmup):
+                    models[n](inputs[n])
+                synchronize(device)
+            except RuntimeError as exc:
+                if is_oom(exc):
+                    raise RuntimeError(f"{n} ran out of memory at batch {batches[n]}; choose a smaller batch.") from exc
+                raise
+        for k in progress.bar(range(max_rounds), "timing rounds"):
+            order = names[k % len(names):] + names[: k % len(names)]
+            if k % 2:
+                order.reverse()
+            best: dict[str, tuple[float, float]] = {n: (math.inf, math.inf) for n in names}
+            for n in order + order[::-1]:  # A B ... B A
+                seconds, wall = _best_pass(models[n], inputs[n], device, clock, iters, min_seconds)
+                best[n] = (min(best[n][0], seconds), min(best[n][1], wall))
+            for n in names:
+                timings.rates[n].append(batches[n] / best[n][0])
+                timings.wall_rates[n].append(batches[n] / best[n][1])
+            if k + 1 >= rounds and all(timings.ratio(n).sampling_half_width <= tolerance
+                                       for n in names if n != reference):
+                break
+    timings.machine = state[0]
     return timings

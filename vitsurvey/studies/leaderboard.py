@@ -4,8 +4,8 @@ The protocol, the same for every model: top-1 on the same test images with its b
 parameters (int8's packed weights included) and non-zero parameters; MACs per image (fvcore, attention
 counted; int8 on its float twin); bytes as stored (``torch.save``; simulated quantization at its bit width);
 peak inference memory; throughput relative to the reference from **one** interleaved timing run
-(:func:`vitsurvey.measure.relative_throughput`: median and range over the rounds, the machine's run-to-run
-floor folded in). Simulated (fake) quantization runs float kernels, so it is not timed.
+(:func:`vitsurvey.measure.relative_throughput`: the median over the rounds with its 95% interval, one thread per
+model on a CPU). Simulated (fake) quantization runs float kernels, so it is not timed.
 
 Strategies take a model and return a model, so a composition is a list of :class:`Step` applied in order
 (:func:`compose`); :func:`orders` tries every order of a set of steps and says which cannot follow which.
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from ..profiles import Profile
 
 __all__ = [
-    "COLUMNS", "CompositionError", "FRONTS", "NoResults", "STEM", "Step", "additivity", "compose", "describe_run",
-    "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models", "model_bytes", "orders",
+    "COLUMNS", "CompositionError", "FRONTS", "FRONT_INTERVALS", "NoResults", "STEM", "Step", "additivity",
+    "compose", "describe_run", "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models", "model_bytes", "orders",
     "own_result", "pareto_fronts", "read", "save", "write_html",
 ]
 
@@ -49,6 +49,7 @@ STEM = "12_leaderboard"
 COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "accuracy_vs_control",
            "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
            "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
+           "timing_rounds", "timing_clock", "timing_threads", "load_before", "load_after", "cores", "steal_pct",
            "batch_size"]
 """The measured columns of a leaderboard row, in the order they are shown."""
 
@@ -177,7 +178,7 @@ def measure_models(
             ratio = timings.ratio(name)
             rows[name].update(speedup=ratio.median, speedup_low=ratio.low, speedup_high=ratio.high,
                               verdict="reference" if name == reference else ratio.verdict(),
-                              throughput_img_s=timings.rate(name).median, batch_size=batch)
+                              throughput_img_s=timings.rate(name).median, batch_size=batch, **timings.columns())
     for name, control in (controls or {}).items():
         a, b = rows[name]["top1"], rows[control]["top1"]
         rows[name].update(control=control, top1_vs_control=a - b,
@@ -194,7 +195,7 @@ def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts:
                base: str) -> dict[str, float | bool]:
     """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its
     ``parts``' speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1
-    change against the sum of theirs. ``adds_up_speed``: the product lies within the stack's measured range;
+    change against the sum of theirs. ``adds_up_speed``: the product lies within the stack's measured 95% interval;
     ``adds_up_top1``: the predicted top-1 lies within two standard errors of the measured one."""
     for name in (stack, base, *parts):
         if name not in board.index:
@@ -232,11 +233,22 @@ FRONTS = {"MACs": ("macs", "min"), "throughput": ("speedup", "max"), "bytes": ("
 """The Pareto fronts of the leaderboard: top-1 against each of these costs."""
 
 
+FRONT_INTERVALS = {"speedup": ("speedup_low", "speedup_high")}
+"""The costs measured with an interval: a front member that dominates another only within it is uncertain."""
+
+
 def pareto_fronts(board: pd.DataFrame) -> pd.DataFrame:
-    """One boolean column per entry of :data:`FRONTS`: whether the model is on the front of top-1 against it
-    (a model without that cost, e.g. an untimed one for throughput, is on no front of it)."""
-    return pd.DataFrame({f"front: {label}": metrics.pareto_front(board, {"top1": "max", column: direction})
-                         for label, (column, direction) in FRONTS.items()})
+    """Two columns per entry of :data:`FRONTS`: whether the model is on the front of top-1 against that cost
+    (medians; a model without that cost, e.g. an untimed one for throughput, is on no front of it), and whether
+    that membership is uncertain because it rests on differences inside the timing's intervals
+    (:func:`vitsurvey.metrics.uncertain_front`)."""
+    columns = {}
+    for label, (column, direction) in FRONTS.items():
+        objectives = {"top1": "max", column: direction}
+        intervals = {c: b for c, b in FRONT_INTERVALS.items() if c == column and set(b) <= set(board.columns)}
+        columns[f"front: {label}"] = metrics.pareto_front(board, objectives)
+        columns[f"uncertain: {label}"] = metrics.uncertain_front(board, objectives, intervals)
+    return pd.DataFrame(columns)
 
 
 def eer_ranking(board: pd.DataFrame, weights: Mapping[str, float], reference: str | Mapping[str, float]) -> pd.Series:
@@ -322,7 +334,7 @@ def write_html(board: pd.DataFrame, path: Path, title: str) -> Path:
     page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_html.escape(title)}</title></head>\n"
             f"<body>\n<h1>{_html.escape(title)}</h1>\n<p>Click a column to sort; measured with the protocol of "
             "notebook 12 (top-1 ± one standard error on one test set; speed-up from one interleaved timing run, "
-            "median and range).</p>\n" + table + "\n</body></html>\n")
+            "median with its 95% interval).</p>\n" + table + "\n</body></html>\n")
     results.write_text_atomic(page, path)
     return path
 
@@ -338,7 +350,7 @@ def read(profile: str | None = None) -> pd.DataFrame:
     hint = "measure it first: python -m vitsurvey run 12 --profile cpu"
     if not path.exists():
         raise NoResults(f"No leaderboard results yet ({path.name} does not exist); {hint}.")
-    frame = results.read_file(path)
+    frame = results.current(results.read_file(path))
     needed = {"model", "run", "profile"}
     if not needed <= set(frame.columns):
         raise NoResults(f"{path.name} lacks the column(s) {sorted(needed - set(frame.columns))}: it was not written "
@@ -383,7 +395,7 @@ def format_board(board: pd.DataFrame, sort: str | None = None) -> str:
             "vs control": "" if change is None else f"{float(change):+.2f} ({verdict}, vs {get(r, 'control')})",
             "params": count(get(r, "params")), "MACs": count(get(r, "macs")), "bytes": count(get(r, "bytes")),
             "memory (bytes)": count(get(r, "infer_mem_bytes")),
-            "speed-up [range]": "n/a" if speed is None else
+            "speed-up [95% CI]": "n/a" if speed is None else
             f"{number(speed)} [{number(get(r, 'speedup_low'))}-{number(get(r, 'speedup_high'))}]",
             "verdict": get(r, "verdict") or "not timed",
         }
