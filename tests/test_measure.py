@@ -412,11 +412,6 @@ def test_steady_allocator_is_set_once_on_glibc():
     assert measure.steady_allocator() is expected  # idempotent: a second call changes nothing
 
 
-def _calibration_rows(device, stamp, rate, ratio):
-    return [{"method": "run-to-run", "setting": f"{k} floor", "kind": f"{k} floor", "runs": 6, "floor": f,
-             "calibrated_at": stamp, "device": device} for k, f in (("rate", rate), ("ratio", ratio))]
-
-
 def test_count_macs_of_an_int8_model_counts_its_float_twin():
     from vitsurvey.strategies import quant
 

@@ -207,3 +207,70 @@ def test_compare_top1_calls_small_differences_noise():
 def test_compare_top1_on_groups_of_different_size():
     assert metrics.compare_top1(90.0, 80.0, 10_000, n_b=10_000) == "higher"
     assert metrics.compare_top1(90.0, 80.0, 10_000, n_b=20) == "within noise"  # the small group's SE is 9 points
+
+
+# --------------------------------------------------------------------------- paired comparisons, several tests, seeds
+
+
+def test_mcnemar_counts_only_the_images_where_the_models_disagree():
+    # 1,000 images: both right on 800, both wrong on 150; a alone right on 35, b alone on 15
+    a = np.array([True] * 800 + [False] * 150 + [True] * 35 + [False] * 15)
+    b = np.array([True] * 800 + [False] * 150 + [False] * 35 + [True] * 15)
+    c = metrics.paired_comparison(a, b)
+    assert (c.n, c.a_only, c.b_only) == (1000, 35, 15)
+    assert c.difference == pytest.approx(2.0)
+    # exact two-sided binomial test of 35 successes in 50 fair coin flips, computed by hand
+    from math import comb
+    tail = sum(comb(50, k) for k in range(35, 51)) / 2**50
+    assert c.p_value == pytest.approx(2 * tail)
+    assert c.verdict() == "higher" and metrics.paired_comparison(b, a).verdict() == "lower"
+    assert c.low < 2.0 < c.high and c.low > 0
+    # the same accuracies treated as independent would call it within noise: pairing is what sees the difference
+    assert metrics.compare_top1(83.5, 81.5, 1000) == "within noise"
+    assert "higher than the control: +2.00 points (95% CI" in c.phrase()
+
+
+def test_paired_comparison_from_predictions_and_labels():
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    same = metrics.paired_comparison(labels, labels, labels)
+    assert same.difference == 0 and same.p_value == 1.0 and same.verdict() == "within noise"
+    close = metrics.paired_comparison(np.array([0, 1, 2, 3, 4, 0]), np.array([0, 1, 2, 3, 0, 5]), labels)
+    assert (close.a_only, close.b_only) == (1, 1) and close.verdict() == "within noise"
+    assert "inconclusive at this precision" in close.phrase() and "could detect" in close.phrase()
+    with pytest.raises(ValueError, match="one entry per test image"):
+        metrics.paired_comparison(np.array([0, 1]), np.array([0, 1]), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="booleans"):
+        metrics.paired_comparison(np.array([0, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="same images"):
+        metrics.paired_comparison(np.array([True, False]), np.array([True]))
+
+
+def test_the_paired_bootstrap_is_reproducible_and_covers_the_difference():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(500) < 0.8, rng.random(500) < 0.75
+    first, again = metrics.paired_comparison(a, b), metrics.paired_comparison(a, b)
+    assert first == again
+    assert first.low <= first.difference <= first.high
+    assert first.se > 0 and first.detectable == pytest.approx(2.8016 / 1.96 * 1.96 * first.se, rel=1e-3)
+
+
+def test_holm_adjusts_the_smallest_p_value_most():
+    adjusted = metrics.holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    assert metrics.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        metrics.holm([1.5])
+
+
+def test_seed_spread_uses_students_t():
+    s = metrics.SeedSpread.of([80.0, 82.0, 84.0])
+    assert (s.mean, s.std, s.k) == (82.0, 2.0, 3)
+    assert s.high - s.mean == pytest.approx(4.302653 * 2.0 / 3**0.5, rel=1e-5)
+    assert s.format() == "82.00 ± 2.00 (mean ± seed std, 3 seeds)"
+    d = metrics.seed_difference([80.0, 81.0, 82.0], [79.0, 79.5, 80.0])
+    assert d.mean == pytest.approx(1.5) and d.verdict() == "higher"
+    assert metrics.seed_difference([80.0, 83.0, 79.0], [81.0, 80.0, 80.0]).verdict() == "within noise"
+    one = metrics.SeedSpread.of([70.0])
+    assert one.verdict() == "within noise" and "1 seed)" in one.format()
+    with pytest.raises(ValueError, match="same seeds"):
+        metrics.seed_difference([1.0, 2.0], [1.0])

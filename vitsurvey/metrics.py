@@ -2,8 +2,11 @@
 
 * :class:`Interval` summarises repeated timings (the median and a bootstrap confidence interval for it); a
   speed-up is called one only where its interval excludes 1 (:meth:`Interval.verdict`).
-* :func:`top1_se` is the standard error of an accuracy on a finite test set, and
-  :func:`compare_top1` calls a difference under about two standard errors "within noise".
+* :func:`top1_se` is the standard error of an accuracy on a finite test set. Two models scored on the same
+  images are compared paired (:func:`paired_comparison`: a paired bootstrap interval and McNemar's exact test);
+  several comparisons at once are adjusted (:func:`holm`); recipes trained with several seeds are compared over
+  the seeds (:func:`seed_difference`). :func:`compare_top1` treats two accuracies as independent (for disjoint
+  groups of images).
 * Pareto fronts and the EER work on a table (a pandas DataFrame) with one row per model, so reported
   and measured numbers go through the same code.
 """
@@ -13,13 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
-    "DIRECTIONS", "Interval", "compare_top1", "efficient_error_rate", "format_top1", "pareto_front",
-    "speedup_phrase", "top1_se", "uncertain_front", "versus",
+    "DIRECTIONS", "Interval", "Paired", "SeedSpread", "compare_top1", "efficient_error_rate", "format_top1", "holm",
+    "paired_comparison", "pareto_front", "seed_difference", "speedup_phrase", "top1_se", "uncertain_front", "versus",
 ]
 
 DIRECTIONS = ("min", "max")
@@ -162,6 +166,178 @@ def versus(a: float, b: float, n: int, name: str = "the control") -> str:
     """``within noise of the control`` or ``-2.31 points, lower than the control``: :func:`compare_top1` as text."""
     verdict = compare_top1(a, b, n)
     return f"within noise of {name}" if verdict == "within noise" else f"{a - b:+.2f} points, {verdict} than {name}"
+
+
+# --------------------------------------------------------------------------- two classifiers on the same test images
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two classifiers compared on the same test images: the accuracy difference ``a - b`` (percentage points) with a
+    paired bootstrap interval, and McNemar's exact test on the images where exactly one of them is right.
+
+    Why paired: both models meet the same images, so their errors are correlated (most images are easy for both).
+    Treating the two accuracies as independent overstates the noise of their difference; only the discordant
+    images (``a_only`` right only for ``a``, ``b_only`` only for ``b``) carry information about which is better.
+    Under "no difference" each discordant image is a fair coin, so McNemar's exact test is a binomial test on them
+    (:func:`scipy.stats.binomtest`). The verdict follows the test at ``alpha``; the interval gives the size.
+    """
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    a_only: int
+    b_only: int
+    level: float = 0.95
+
+    @property
+    def se(self) -> float:
+        """Standard error of the difference (points), from the discordant share: sqrt(d / n - (a - b)^2 / n^2) / sqrt(n)."""
+        d = (self.a_only + self.b_only) / self.n
+        delta = (self.a_only - self.b_only) / self.n
+        return 100.0 * math.sqrt(max(d - delta**2, 0.0) / self.n)
+
+    @property
+    def detectable(self) -> float:
+        """The smallest difference (points) this test set would detect with 80% power at the 5% level, given the
+        discordant share measured here: (z_0.975 + z_0.8) standard errors."""
+        return (1.959964 + 0.841621) * self.se
+
+    def verdict(self, alpha: float = 0.05) -> str:
+        """``higher`` or ``lower`` (``a`` against ``b``) where McNemar's test rejects "no difference" at ``alpha``,
+        else ``within noise``."""
+        if self.p_value >= alpha or self.a_only == self.b_only:
+            return "within noise"
+        return "higher" if self.a_only > self.b_only else "lower"
+
+    def format(self, digits: int = 2) -> str:
+        """``+1.20 points (95% CI +0.40 to +2.00; McNemar p = 0.004, 10,000 paired images)``."""
+        return (f"{self.difference:+.{digits}f} points ({100 * self.level:.0f}% CI {self.low:+.{digits}f} to "
+                f"{self.high:+.{digits}f}; McNemar p = {self.p_value:.3g}, {self.n:,} paired images)")
+
+    def phrase(self, name: str = "the control", alpha: float = 0.05) -> str:
+        """``higher than the control: +1.20 points (...)`` or ``inconclusive at this precision against the control:
+        ...; this test set could detect about 1.1 points (80% power)``."""
+        verdict = self.verdict(alpha)
+        if verdict == "within noise":
+            return (f"inconclusive at this precision against {name}: {self.format()}; this test set could detect "
+                    f"about {self.detectable:.2f} points (80% power)")
+        return f"{verdict} than {name}: {self.format()}"
+
+
+def _correct(predictions: Iterable, labels: Iterable | None) -> np.ndarray:
+    p = np.asarray(list(predictions) if not hasattr(predictions, "__array__") else predictions)
+    if labels is None:
+        if p.dtype != bool:
+            raise ValueError("Without labels, pass whether each image was classified correctly (booleans).")
+        return p.reshape(-1)
+    y = np.asarray(list(labels) if not hasattr(labels, "__array__") else labels)
+    if p.shape != y.shape:
+        raise ValueError(f"predictions {p.shape} and labels {y.shape} must have one entry per test image.")
+    return (p == y).reshape(-1)
+
+
+def paired_comparison(a: Iterable, b: Iterable, labels: Iterable | None = None, level: float = 0.95,
+                      resamples: int = 4000, seed: int = 0) -> Paired:
+    """Compare classifier ``a`` with ``b`` on the same test images: ``a`` and ``b`` are their predicted classes
+    (with ``labels``) or whether each image was right (booleans, without ``labels``), in the same image order.
+    Returns the difference in top-1 with a paired bootstrap interval (images resampled with replacement, both
+    models' results kept together) and McNemar's exact test (:class:`Paired`)."""
+    from scipy.stats import binomtest
+
+    ca, cb = _correct(a, labels), _correct(b, labels)
+    if ca.shape != cb.shape:
+        raise ValueError(f"a and b must be scored on the same images: {ca.size} against {cb.size} results.")
+    if ca.size == 0:
+        raise ValueError("No test images: a paired comparison needs at least one image both models classified.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level is a probability between 0 and 1 (e.g. 0.95), not {level}.")
+    n = int(ca.size)
+    a_only, b_only = int((ca & ~cb).sum()), int((~ca & cb).sum())
+    diff = 100.0 * (ca.astype(float) - cb.astype(float))
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    p = 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return Paired(float(diff.mean()), float(low), float(high), p, n, a_only, b_only, level)
+
+
+def holm(p_values: Mapping[str, float] | Iterable[float]) -> Any:
+    """Holm's step-down adjustment of several p-values tested together (e.g. every student against the no-teacher
+    control, when the notebook then names the best): adjusted p-values in the same order (a dict for a dict).
+    Why: picking the best of k comparisons and testing it as if chosen in advance finds a "winner" by chance far
+    more often than 5%; Holm's adjustment keeps that family-wise error at the level asked for, without assuming the
+    tests are independent."""
+    keys = list(p_values) if isinstance(p_values, Mapping) else None
+    values = np.asarray([p_values[k] for k in keys] if keys is not None else list(p_values), dtype=float)
+    if values.size and (np.isnan(values).any() or (values < 0).any() or (values > 1).any()):
+        raise ValueError(f"p-values lie between 0 and 1, got {values.tolist()}.")
+    order = np.argsort(values, kind="stable")
+    adjusted = np.empty_like(values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (values.size - rank) * values[i]))
+        adjusted[i] = running
+    return dict(zip(keys, adjusted.tolist())) if keys is not None else adjusted.tolist()
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """Accuracy over training seeds: the mean, the seeds' standard deviation, and, for a difference between two
+    recipes trained with the same seeds, a t interval over the per-seed differences.
+
+    Why seeds: two trainings of one recipe that differ only in initialisation and data order land further apart
+    than a test set's standard error suggests, so a verdict from one training each mistakes seed noise for a
+    method's effect. With ``k`` seeds the interval uses Student's t with ``k - 1`` degrees of freedom, which is wide
+    for three seeds: that width is the honest answer at this budget.
+    """
+
+    mean: float
+    std: float
+    low: float
+    high: float
+    k: int
+    level: float = 0.95
+
+    @classmethod
+    def of(cls, values: Iterable[float], level: float = 0.95) -> SeedSpread:
+        from scipy.stats import t
+
+        v = np.asarray([float(x) for x in values], dtype=float)
+        if v.size == 0 or not np.isfinite(v).all():
+            raise ValueError(f"Seed results must be one or more finite numbers, got {v.tolist()}.")
+        mean = float(v.mean())
+        if v.size == 1:
+            return cls(mean, math.nan, -math.inf, math.inf, 1, level)
+        std = float(v.std(ddof=1))
+        half = float(t.ppf(0.5 + level / 2, v.size - 1)) * std / math.sqrt(v.size)
+        return cls(mean, std, mean - half, mean + half, int(v.size), level)
+
+    def verdict(self) -> str:
+        """For a difference (a - b over seeds): ``higher``, ``lower`` or ``within noise`` (the interval holds 0)."""
+        if self.low > 0:
+            return "higher"
+        if self.high < 0:
+            return "lower"
+        return "within noise"
+
+    def format(self, digits: int = 2) -> str:
+        """``87.10 ± 0.42 (mean ± seed std, 3 seeds)``."""
+        std = "n/a" if math.isnan(self.std) else f"{self.std:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {std} (mean ± seed std, {self.k} seed{'s' if self.k != 1 else ''})"
+
+
+def seed_difference(a: Iterable[float], b: Iterable[float], level: float = 0.95) -> SeedSpread:
+    """Recipe ``a`` against recipe ``b``, each trained with the same seeds in the same order: the mean per-seed
+    difference with its t interval (:class:`SeedSpread`). The interval covers seed noise and, since each seed's
+    accuracy is measured on the test set, the test set's noise too."""
+    va, vb = [float(x) for x in a], [float(x) for x in b]
+    if len(va) != len(vb):
+        raise ValueError(f"a and b need one result per seed, the same seeds: {len(va)} against {len(vb)}.")
+    return SeedSpread.of([x - y for x, y in zip(va, vb)], level)
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
