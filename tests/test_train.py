@@ -51,6 +51,22 @@ def test_baseline_is_cached_per_profile(tmp_path, monkeypatch):
     assert train.trained_baseline(p, log=None)[1] == result
 
 
+def test_the_same_seed_trains_bit_for_bit_and_another_seed_differs_on_the_same_images(out):
+    p = TINY.replace(epochs=1, train_samples=256, augment=True)
+    assert p.training_seeds() == tuple(range(p.seed, p.seed + p.seeds)) and len(p.training_seeds()) >= 2
+    first, second = (p.replace(seed=s) for s in p.training_seeds()[:2])
+    runs = []
+    for prof in (first, first, second):
+        train.seed_everything(prof.seed)
+        model = VisionTransformer(train.baseline_config(prof))
+        tr, te = data.loaders(prof)
+        runs.append((train.fit(model, tr, te, prof, log=None), model.state_dict(), te.dataset.tensors[1]))
+    (a, wa, ya), (b, wb, yb), (c, wc, yc) = runs
+    assert a.history == b.history and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa) and a.history != c.history  # another seed differs
+    assert torch.equal(ya, yc)  # ... on the same test images, so the two can be compared paired
+
+
 def test_label_loss_is_smoothed_cross_entropy_averaged_over_heads():
     logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
     other = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS", "DEBIAN_DATASETS", "DataFileError", "DatasetInfo", "DatasetNotFoundError", "EMBEDDED_DIR",
-    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
+    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "SAMPLE_SEED", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
     "balanced_selection", "build_subset", "default_root", "describe", "downloadable", "find_all",
     "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots", "standardise",
     "subset", "synthetic", "tensor_loader", "to_pixels", "write_idx",
@@ -54,6 +54,9 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist-sub
 """The shipped subset: the four IDX files of Fashion-MNIST's layout, plus its selection and README."""
 SUBSET_PER_CLASS = {"train": 600, "test": 200}
 SUBSET_SEED = 0
+SAMPLE_SEED = 0
+"""The seed of the subsets a profile takes of a data set (``train_samples``, ``test_samples``): fixed, so that every
+training seed, and every model, meets the same images."""
 
 
 @dataclass(frozen=True)
@@ -385,9 +388,11 @@ def subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
 def loaders(
     profile: Profile, root: str | Path | None = None, download: bool | None = None
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders of the profile's data set, sized and seeded by the profile."""
-    train = subset(load(profile.dataset, "train", root, download), profile.train_samples, profile.seed)
-    test = subset(load(profile.dataset, "test", root, download), profile.test_samples, profile.seed)
+    """Train and test loaders of the profile's data set, sized by the profile. The subsets of images are drawn
+    with :data:`SAMPLE_SEED`, the same for every training seed, so models trained with different seeds meet the
+    same images; the training order follows the profile's ``seed``."""
+    train = subset(load(profile.dataset, "train", root, download), profile.train_samples, SAMPLE_SEED)
+    test = subset(load(profile.dataset, "test", root, download), profile.test_samples, SAMPLE_SEED)
     g = torch.Generator().manual_seed(profile.seed)
     return (
         DataLoader(train, batch_size=profile.batch_size, shuffle=True, generator=g, drop_last=True),

@@ -143,6 +143,16 @@ class Profile:
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
     seed: int = 0
+    """The training seed: initialisation, data order, augmentation. The subsets of images a profile uses do not
+    depend on it (:data:`vitsurvey.data.SAMPLE_SEED`), so models trained with different seeds meet the same test
+    images and can be compared paired."""
+    seeds: int = 3
+    """How many training seeds a comparison that trains models runs (:meth:`training_seeds`): the spread between
+    seeds is part of every accuracy verdict drawn from trained models."""
+
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seeds of a comparison: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+        return tuple(range(self.seed, self.seed + self.seeds))
 
     def __post_init__(self) -> None:
         """Refuse sizes that would run but measure nothing (``bench_iters=0`` times no pass) or read as "unset"."""
@@ -218,7 +228,7 @@ class Profile:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-_POSITIVE_INTS = ("epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
+_POSITIVE_INTS = ("seeds", "epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
                   "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
                   "multiplex_epochs", "multiplex_k", "e360_epochs")
 _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "token_baseline_epochs", "s3_models", "finetune_samples",
@@ -246,6 +256,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         device="cpu",
+        seeds=2,
         dataset="fashion_mnist_subset",
         train_samples=512,
         test_samples=256,
@@ -317,6 +328,7 @@ PROFILES: dict[str, Profile] = {
     "gpu": Profile(
         name="gpu",
         device="cuda",
+        seeds=5,
         train_samples=None,
         test_samples=None,
         baseline=_fmnist_vit(embed_dim=192, depth=9, num_heads=3, patch_size=2),
