@@ -207,9 +207,15 @@ def test_additivity_of_a_stack():
                                "prune+merge": [290.0, 300.0, 310.0]}, "base", dict.fromkeys(board.index, 8))
     out = lb.additivity(board, timings, "prune+merge", ["prune", "merge"], "base")
     assert out["predicted_speedup"] == pytest.approx(3.0) and out["adds_up_speed"]
+    assert out["vs_product_low"] <= 1.0 <= out["vs_product_high"] and out["vs_product"] == pytest.approx(1.0)
     assert out["predicted_top1"] == pytest.approx(87.0) and out["adds_up_top1"]  # 0.2 points off, SE ~0.33
     slower = measure.Timings({**timings.rates, "prune+merge": [200.0] * 3}, "base", timings.batch_size)
     assert not lb.additivity(board, slower, "prune+merge", ["prune", "merge"], "base")["adds_up_speed"]
+    # a part that is noisy in the same rounds as the stack: round by round the stack is exactly the product
+    drifting = measure.Timings({"base": [100.0] * 3, "prune": [120.0, 150.0, 180.0], "merge": [200.0] * 3,
+                                "prune+merge": [240.0, 300.0, 360.0]}, "base", timings.batch_size, resolution=0.0)
+    both = lb.additivity(board, drifting, "prune+merge", ["prune", "merge"], "base")
+    assert both["vs_product"] == both["vs_product_low"] == both["vs_product_high"] == pytest.approx(1.0)
     with pytest.raises(KeyError, match="not on the board"):
         lb.additivity(board, timings, "prune+merge", ["nope"], "base")
 

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 
@@ -426,3 +427,16 @@ def test_count_macs_of_an_int8_model_counts_its_float_twin():
     assert torch.equal(twin.blocks[0].attn.qkv.weight, packed.dequantize())
     # int8 also rounds its activations on the fly, so outputs agree only to that rounding
     assert torch.allclose(twin(x), int8(x), atol=0.02)
+
+
+def test_models_with_tensor_subclass_weights_can_be_timed():
+    # torchao's int8 weights are tensor subclasses that cannot be moved inside inference mode: the routine moves
+    # every model to its device before it enters inference mode
+    from vitsurvey.strategies import quant
+
+    model = VisionTransformer(ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1,
+                                        num_heads=2)).eval()
+    int8 = quant.torchao_int8(copy.deepcopy(model), compile=False)
+    t = measure.relative_throughput({"fp32": model, "int8": int8}, (1, 28, 28), 2, rounds=1, max_rounds=None,
+                                    warmup=0, iters=1)
+    assert t.ratio("int8").median > 0

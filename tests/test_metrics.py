@@ -42,6 +42,12 @@ def test_a_front_member_that_dominates_only_within_the_intervals_is_uncertain():
     assert uncertain.tolist() == [True, False, False]  # a's speed interval overlaps b's: b may belong on it
     apart = frame.assign(low=[1.15, 0.98, 0.45])
     assert not metrics.uncertain_front(apart, objectives, {"speed": ("low", "high")}).any()
+    # d is on the front only because its median speed beats e's, which is more accurate; their intervals overlap,
+    # so e might be at least as fast and d then dominated: d is uncertain too
+    pair = pd.DataFrame({"top1": [80.0, 81.0], "speed": [1.20, 1.10], "low": [1.05, 0.95], "high": [1.35, 1.25]},
+                        index=["d", "e"])
+    assert pareto_front(pair, objectives).tolist() == [True, True]
+    assert metrics.uncertain_front(pair, objectives, {"speed": ("low", "high")}).tolist() == [True, False]
     with pytest.raises(ValueError, match="not objectives"):
         metrics.uncertain_front(frame, objectives, {"macs": ("low", "high")})
 

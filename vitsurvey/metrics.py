@@ -378,12 +378,18 @@ def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Serie
 def uncertain_front(frame: pd.DataFrame, objectives: Mapping[str, str],
                     intervals: Mapping[str, tuple[str, str]]) -> pd.Series:
     """True for the members of :func:`pareto_front` (computed on the medians) whose place on it the intervals do
-    not settle: a member that dominates another row only by amounts inside the measurement's intervals.
+    not settle.
 
     ``intervals`` maps an objective to the columns of its interval's bounds, e.g. ``{"speedup": ("speedup_low",
-    "speedup_high")}``. A member is uncertain when some row it dominates has, on every objective with an
-    interval, an interval that overlaps the member's: the two could be in either order there, so the other row
-    might belong on the front instead (or both).
+    "speedup_high")}``. Two rows are *indistinct* on such an objective when their intervals overlap: the measurement
+    cannot order them there. A member is uncertain when, for some other row, every objective either has overlapping
+    intervals or (without an interval) does not favour the member over the other row by more than it favours the
+    other, in the sense that:
+
+    * the member dominates the other row only by amounts inside the intervals (the other row might belong on the
+      front too), or
+    * the other row is at least as good in every objective without an interval, and indistinct in those with one:
+      with the intervals' uncertainty the other row could dominate the member, which would then be off the front.
     """
     front = pareto_front(frame, objectives)
     unknown = [c for c in intervals if c not in objectives]
@@ -397,12 +403,21 @@ def uncertain_front(frame: pd.DataFrame, objectives: Mapping[str, str],
     cost = values * signs
     bounds = {c: frame[list(b)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
               for c, b in intervals.items()}
+    exact = [k for k, c in enumerate(columns) if c not in intervals]
     uncertain = np.zeros(len(frame), dtype=bool)
+    if not intervals:
+        return pd.Series(uncertain, index=frame.index, name="uncertain")
     for i in np.flatnonzero(front.to_numpy()):
-        dominated = (cost[i] <= cost).all(axis=1) & (cost[i] < cost).any(axis=1)
-        for j in np.flatnonzero(dominated):
-            if intervals and all(bounds[c][i, 0] <= bounds[c][j, 1] and bounds[c][j, 0] <= bounds[c][i, 1]
-                                 for c in intervals):
+        for j in range(len(frame)):
+            if j == i or np.isnan(cost[j]).any():
+                continue
+            indistinct = all(bounds[c][i, 0] <= bounds[c][j, 1] and bounds[c][j, 0] <= bounds[c][i, 1]
+                             for c in intervals)
+            if not indistinct:
+                continue
+            dominates = (cost[i] <= cost[j]).all() and (cost[i] < cost[j]).any()
+            could_be_dominated = all(cost[j, k] <= cost[i, k] for k in exact)
+            if dominates or could_be_dominated:
                 uncertain[i] = True
                 break
     return pd.Series(uncertain, index=frame.index, name="uncertain")

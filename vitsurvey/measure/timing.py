@@ -424,6 +424,8 @@ def relative_throughput(
     timings = Timings({n: [] for n in names}, reference, batches, clock, {n: [] for n in names}, threads,
                       level=level, resolution=resolution)
     inputs = {n: torch.randn(batches[n], *shapes[n], device=device) for n in names}
+    for n in names:  # before inference mode: modules whose weights are tensor subclasses (torchao) cannot move inside it
+        models[n].to(device).eval()
     with contextlib.ExitStack() as stack:
         if threads is not None:
             stack.enter_context(threads_limited(threads))
@@ -431,7 +433,6 @@ def relative_throughput(
         state = stack.enter_context(watch_load())
         for n in names:
             try:
-                models[n].to(device).eval()
                 for _ in range(warmup):
                     models[n](inputs[n])
                 synchronize(device)

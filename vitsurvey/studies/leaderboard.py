@@ -193,21 +193,31 @@ def measure_models(
 
 def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts: Sequence[str],
                base: str) -> dict[str, float | bool]:
-    """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its
-    ``parts``' speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1
-    change against the sum of theirs. ``adds_up_speed``: the product lies within the stack's measured 95% interval;
+    """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its ``parts``'
+    speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1 change against the
+    sum of theirs.
+
+    ``predicted_speedup`` is the product of the parts' median speed-ups. Whether the stack matches it is read round by
+    round: in each round the stack's ratio to ``base`` is divided by the product of the parts' ratios in that same
+    round, so the parts' noise counts as well as the stack's; ``vs_product`` is the median of that quotient with its
+    95% interval (``vs_product_low``, ``vs_product_high``), and ``adds_up_speed`` says whether the interval holds 1.
     ``adds_up_top1``: the predicted top-1 lies within two standard errors of the measured one."""
     for name in (stack, base, *parts):
         if name not in board.index:
             raise KeyError(f"{name!r} is not on the board: {list(board.index)}.")
     predicted_speed = float(np.prod([timings.ratio(p, base).median for p in parts]))
     measured = timings.ratio(stack, base)
+    per_round = [timings.rates[stack][k] / timings.rates[base][k]
+                 / float(np.prod([timings.rates[p][k] / timings.rates[base][k] for p in parts]))
+                 for k in range(timings.rounds)]
+    quotient = metrics.Interval.of(per_round, timings.level, timings.resolution)
     top1_base = float(board.loc[base, "top1"])
     predicted_top1 = top1_base + sum(float(board.loc[p, "top1"]) - top1_base for p in parts)
     measured_top1 = float(board.loc[stack, "top1"])
     se = metrics.top1_se(measured_top1, int(board.loc[stack, "n_test"]))
     return {"speedup": measured.median, "speedup_low": measured.low, "speedup_high": measured.high,
-            "predicted_speedup": predicted_speed, "adds_up_speed": measured.low <= predicted_speed <= measured.high,
+            "predicted_speedup": predicted_speed, "vs_product": quotient.median, "vs_product_low": quotient.low,
+            "vs_product_high": quotient.high, "adds_up_speed": not quotient.excludes(1.0),
             "top1": measured_top1, "predicted_top1": predicted_top1,
             "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
 
