@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from PIL import Image
 
 from vitsurvey import data
@@ -217,7 +218,9 @@ def test_profiles_fall_back_to_the_shipped_subset_by_name(tmp_path, monkeypatch)
     assert used.dataset == "fashion_mnist_subset" and used.train_samples is None
     assert "subset" in data.describe(used.dataset)
     train, test = data.loaders(used.replace(batch_size=500))
-    assert len(train.dataset) == 6000 and len(test.dataset) == 2000
+    held = 6000 // data.MAX_VAL_SHARE  # the cpu profile asks for 5,000 validation images; a fifth of 6,000 is kept out
+    assert len(train.dataset) == 6000 - held and len(test.dataset) == 2000
+    assert len(data.validation_images(used)) == held
     _write_fmnist(tmp_path / "FashionMNIST" / "raw")  # once the full set is there, it is used
     assert data.resolve(PROFILES["cpu"]) is PROFILES["cpu"]
 
@@ -243,3 +246,27 @@ def test_smoke_profile_needs_no_data_set(tmp_path, monkeypatch):
     assert smoke.dataset == "fashion_mnist_subset" and data.resolve(smoke) is smoke
     train, test = data.loaders(smoke)
     assert len(train.dataset) == smoke.train_samples and len(test.dataset) == smoke.test_samples
+
+
+def test_validation_images_are_held_out_of_training_and_fixed():
+    p = PROFILES["smoke"]
+    val = data.validation_images(p)
+    train_all = data.load(p.dataset, "train")
+    rest, held = data.split_validation(train_all, p.val_samples)
+    assert len(val) == len(held) == p.val_samples and len(rest) + len(held) == len(train_all)
+    assert torch.equal(val.tensors[0], held.tensors[0])
+    # the held-out images are none of the training images, whatever the training seed
+    numbered = TensorDataset(torch.arange(1000), torch.zeros(1000))
+    rest_ids, held_ids = (set(d.tensors[0].tolist()) for d in data.split_validation(numbered, 100))
+    assert len(held_ids) == 100 and not rest_ids & held_ids and rest_ids | held_ids == set(range(1000))
+    assert set(data.split_validation(numbered, 100)[1].tensors[0].tolist()) == held_ids  # seeded: always the same
+    for seed in p.training_seeds():
+        expected = data.subset(rest, p.train_samples, data.SAMPLE_SEED)
+        assert torch.equal(data.training_images(p.replace(seed=seed)).tensors[0], expected.tensors[0])
+    kept, held_out = data.split_validation(data.synthetic(20, "train"), 1000)
+    assert len(held_out) == 20 // data.MAX_VAL_SHARE and len(kept) == 16  # at most a fifth is held out
+    assert data.split_validation(train_all, None) == (train_all, None)
+    with pytest.raises(ValueError, match="holds no validation images"):
+        data.validation_images(p.replace(val_samples=None))
+    with pytest.raises(ValueError, match="val_samples must be"):
+        data.split_validation(train_all, -1)

@@ -67,8 +67,8 @@ class CheckpointWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- what a checkpoint is keyed by
-TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "baseline", "epochs", "batch_size", "lr",
-                   "weight_decay", "warmup_epochs", "augment", "amp", "seed")
+TRAINING_FIELDS = ("dataset", "train_samples", "test_samples", "val_samples", "baseline", "epochs", "batch_size",
+                   "lr", "weight_decay", "warmup_epochs", "augment", "amp", "seed")
 """The profile fields that decide what training the baseline produces; a checkpoint is reused only if
 they match. The teacher's settings replace ``baseline`` by ``teacher_channels``."""
 

@@ -42,10 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS", "DEBIAN_DATASETS", "DataFileError", "DatasetInfo", "DatasetNotFoundError", "EMBEDDED_DIR",
-    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "SAMPLE_SEED", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
+    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "MAX_VAL_SHARE", "SAMPLE_SEED", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
     "balanced_selection", "build_subset", "default_root", "describe", "downloadable", "find_all",
-    "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots", "standardise",
-    "subset", "synthetic", "tensor_loader", "to_pixels", "write_idx",
+    "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots", "split_validation",
+    "standardise", "subset", "synthetic", "tensor_loader", "to_pixels", "training_images", "validation_images",
+    "write_idx",
 ]
 
 ENV_OFFLINE = "VITSURVEY_OFFLINE"
@@ -55,8 +56,10 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist-sub
 SUBSET_PER_CLASS = {"train": 600, "test": 200}
 SUBSET_SEED = 0
 SAMPLE_SEED = 0
-"""The seed of the subsets a profile takes of a data set (``train_samples``, ``test_samples``): fixed, so that every
-training seed, and every model, meets the same images."""
+"""The seed of the subsets a profile takes of a data set (``train_samples``, ``test_samples``, the validation
+images): fixed, so that every training seed, and every model, meets the same images."""
+MAX_VAL_SHARE = 5
+"""At most 1 / MAX_VAL_SHARE of a training split is held out for validation."""
 
 
 @dataclass(frozen=True)
@@ -385,13 +388,53 @@ def subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     return torch.utils.data.Subset(ds, idx.tolist())
 
 
+def split_validation(train: Dataset, n: int | None, seed: int = SAMPLE_SEED) -> tuple[Dataset, Dataset | None]:
+    """Hold ``n`` seeded images of a training split out for validation: (the rest, to train on; the held-out
+    images), disjoint. ``None`` or 0 holds nothing out, and never more than a fifth of the split is held out (a
+    small ImageFolder tree keeps most of its images for training).
+
+    Why: every choice a notebook makes (a quantizer, a temperature, a variant, a keep rate, when to stop) is made
+    on these images, never on the test set, which each final model then meets once; and no model is trained on
+    them, so a choice made with a trained model is not made on images it has seen.
+    """
+    size = len(train)  # type: ignore[arg-type]
+    if n is not None and n < 0:
+        raise ValueError(f"val_samples must be a whole number >= 0 (or None), not {n}.")
+    n = min(n or 0, size // MAX_VAL_SHARE)
+    if not n:
+        return train, None
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    held, rest = order[:n].sort().values, order[n:].sort().values
+    if isinstance(train, TensorDataset):
+        return TensorDataset(*(t[rest] for t in train.tensors)), TensorDataset(*(t[held] for t in train.tensors))
+    return torch.utils.data.Subset(train, rest.tolist()), torch.utils.data.Subset(train, held.tolist())
+
+
+def training_images(profile: Profile, root: str | Path | None = None, download: bool | None = None) -> Dataset:
+    """The profile's training images: the training split less its validation images, then the profile's
+    ``train_samples`` of them (drawn with :data:`SAMPLE_SEED`)."""
+    rest, _ = split_validation(load(profile.dataset, "train", root, download), profile.val_samples)
+    return subset(rest, profile.train_samples, SAMPLE_SEED)
+
+
+def validation_images(profile: Profile, root: str | Path | None = None, download: bool | None = None) -> Dataset:
+    """The profile's validation images (``val_samples`` of the training split, never trained on): where every
+    choice is made. Raises ValueError for a profile that holds none out."""
+    _, held = split_validation(load(profile.dataset, "train", root, download), profile.val_samples)
+    if held is None:
+        raise ValueError(f"The {profile.name!r} profile holds no validation images (val_samples is "
+                         f"{profile.val_samples!r}); set val_samples to make choices on a validation split.")
+    return held
+
+
 def loaders(
     profile: Profile, root: str | Path | None = None, download: bool | None = None
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders of the profile's data set, sized by the profile. The subsets of images are drawn
-    with :data:`SAMPLE_SEED`, the same for every training seed, so models trained with different seeds meet the
-    same images; the training order follows the profile's ``seed``."""
-    train = subset(load(profile.dataset, "train", root, download), profile.train_samples, SAMPLE_SEED)
+    """Train and test loaders of the profile's data set, sized by the profile. The training images exclude the
+    validation images (:func:`validation_images`). The subsets of images are drawn with :data:`SAMPLE_SEED`, the same
+    for every training seed, so models trained with different seeds meet the same images; the training order
+    follows the profile's ``seed``."""
+    train = training_images(profile, root, download)
     test = subset(load(profile.dataset, "test", root, download), profile.test_samples, SAMPLE_SEED)
     g = torch.Generator().manual_seed(profile.seed)
     return (

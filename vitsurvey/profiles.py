@@ -51,6 +51,9 @@ class Profile:
     """Training images used (a seeded subset); ``None`` means the whole training split."""
     test_samples: int | None = None
     """Test images used for accuracy (a seeded subset); ``None`` means the whole test split."""
+    val_samples: int | None = 5_000
+    """Training images held out for validation (:func:`vitsurvey.data.validation_images`): never trained on, and
+    where every choice is made, so the test set is met once per final model. ``None``: none held out."""
     # training the baseline
     baseline: ViTConfig = field(default_factory=lambda: _fmnist_vit(patch_size=7, embed_dim=96, depth=6, num_heads=3))
     """The small ViT that notebook 01 trains and later notebooks compress (image size, channels and
@@ -231,8 +234,8 @@ class Profile:
 _POSITIVE_INTS = ("seeds", "epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
                   "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
                   "multiplex_epochs", "multiplex_k", "e360_epochs")
-_OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "token_baseline_epochs", "s3_models", "finetune_samples",
-                           "student_samples", "teacher_epochs", "mixer_samples", "mixer_models", "multiplex_samples",
+_OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "val_samples", "token_baseline_epochs", "s3_models",
+                           "finetune_samples", "student_samples", "teacher_epochs", "mixer_samples", "mixer_models", "multiplex_samples",
                            "e360_samples", "e360_train_samples", "timing_threads")
 _NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
 _POSITIVE_FLOATS = ("lr", "finetune_lr")
@@ -257,6 +260,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         device="cpu",
         seeds=2,
+        val_samples=256,
         dataset="fashion_mnist_subset",
         train_samples=512,
         test_samples=256,
