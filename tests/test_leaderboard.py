@@ -81,7 +81,13 @@ def test_measure_models_one_protocol(vit, test_set, tmp_path, monkeypatch):
     assert board.loc["int8", "family"] == "quantization"
     assert board["top1_se"].notna().all() and (board["n_test"] == 40).all()
     assert set(timings.rates) == {"baseline", "int8", "pruned"}
-    assert board.loc["pruned", "top1_vs_control"] == board.loc["pruned", "top1"] - board.loc["baseline", "top1"]
+    assert board.loc["pruned", "top1_vs_control"] == pytest.approx(board.loc["pruned", "top1"] - board.loc["baseline", "top1"])
+    # the verdict is McNemar's on the same 40 images, the interval a paired bootstrap around the difference
+    pruned = board.loc["pruned"]
+    assert pruned["top1_vs_control_low"] <= pruned["top1_vs_control"] <= pruned["top1_vs_control_high"]
+    assert 0 <= pruned["p_vs_control"] <= 1
+    assert pruned["accuracy_vs_control"] == ("within noise" if pruned["p_vs_control"] >= 0.05 else
+                                            "higher" if pruned["top1_vs_control"] > 0 else "lower")
     assert board.loc["pruned", "speedup_vs_control"] == timings.ratio("pruned", "baseline").median
     assert board.loc["W4A4", "control"] == "baseline" and math.isnan(board.loc["W4A4", "speedup_vs_control"])
     assert pd.isna(board.loc["int8", "control"])

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointError", "Loss", "Outputs", "Prepare", "TrainResult", "TrainedModel", "augment", "baseline_config",
-    "evaluate", "finetune", "fit", "label_loss", "model_by_name", "seed_everything", "train_by_name",
+    "evaluate", "finetune", "fit", "label_loss", "model_by_name", "predict", "seed_everything", "train_by_name",
     "trained_baseline", "trained_teacher",
 ]
 
@@ -89,17 +89,24 @@ def augment(x: Tensor, max_shift: int = 2, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """The model's predicted class and the label of every image, in the loader's order (on the CPU): what
+    :func:`vitsurvey.metrics.paired_comparison` compares two models on."""
+    model.eval()
+    predicted, labels = [], []
+    for x, y in loader:
+        predicted.append(model(x.to(device)).argmax(-1).cpu())
+        labels.append(y.cpu())
+    if not labels or sum(len(y) for y in labels) == 0:
+        raise ValueError("Cannot evaluate on an empty data set.")
+    return torch.cat(predicted), torch.cat(labels)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy in percent."""
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        correct += (model(x).argmax(-1) == y).sum().item()
-        total += y.numel()
-    if total == 0:
-        raise ValueError("Cannot evaluate on an empty data set.")
-    return 100.0 * correct / total
+    predicted, labels = predict(model, loader, device)
+    return 100.0 * (predicted == labels).sum().item() / labels.numel()
 
 
 def fit(

@@ -46,7 +46,8 @@ __all__ = [
 STEM = "12_leaderboard"
 """Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
 
-COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "accuracy_vs_control",
+COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "top1_vs_control_low",
+           "top1_vs_control_high", "p_vs_control", "accuracy_vs_control",
            "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
            "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
            "timing_rounds", "timing_clock", "timing_threads", "load_before", "load_after", "cores", "steal_pct",
@@ -139,8 +140,10 @@ def measure_models(
     ``controls`` maps a model to the row it must be judged against: the uncompressed model of the same
     architecture given the same training (a compressed model that was fine-tuned is compared with the
     baseline given that fine-tune, a model trained from scratch with its architecture's reference trained
-    alike). Its top-1 change (points, with a verdict at two standard errors of the difference) and its
-    speed-up against that control (from the same timing run) fill the ``*_vs_control`` columns.
+    alike). Its top-1 change (points) with the verdict of a paired comparison on the same test images
+    (McNemar's exact test, :func:`vitsurvey.metrics.paired_comparison`; ``top1_vs_control_low``/``_high`` its 95%
+    paired bootstrap interval, ``p_vs_control`` the test's p-value) and its speed-up against that control (from
+    the same timing run) fill the ``*_vs_control`` columns.
 
     ``batch_size`` (default: eight times the profile's timing batch) is the batch every model is timed and
     its memory measured at; a multiple of eight, so that no multiplexer of up to eight images pads its last
@@ -160,9 +163,11 @@ def measure_models(
     batch = batch_size or 8 * profile.timing_batch
     probe = torch.zeros(8, *shape, device=device)
     rows = {}
+    predictions = {}
     for name, model in models.items():
         model = model.to(device).eval()
-        top1 = train.evaluate(model, tensor_loader(x, y, 256), device)
+        predictions[name], labels = train.predict(model, tensor_loader(x, y, 256), device)
+        top1 = 100.0 * float((predictions[name] == labels).double().mean())
         rows[name] = {
             "model": name, "family": (families or {}).get(name, ""), "steps": (steps or {}).get(name, ""),
             "top1": top1, "top1_se": metrics.top1_se(top1, len(y)), "n_test": len(y),
@@ -180,9 +185,10 @@ def measure_models(
                               verdict="reference" if name == reference else ratio.verdict(),
                               throughput_img_s=timings.rate(name).median, batch_size=batch, **timings.columns())
     for name, control in (controls or {}).items():
-        a, b = rows[name]["top1"], rows[control]["top1"]
-        rows[name].update(control=control, top1_vs_control=a - b,
-                          accuracy_vs_control="control" if name == control else metrics.compare_top1(a, b, len(y)))
+        paired = metrics.paired_comparison(predictions[name].numpy(), predictions[control].numpy(), labels.numpy())
+        rows[name].update(control=control, top1_vs_control=paired.difference, top1_vs_control_low=paired.low,
+                          top1_vs_control_high=paired.high, p_vs_control=paired.p_value,
+                          accuracy_vs_control="control" if name == control else paired.verdict())
         if timings is not None and name in timings.rates and control in timings.rates:
             ratio = timings.ratio(name, control)
             rows[name].update(speedup_vs_control=ratio.median, speedup_vs_control_low=ratio.low,
