@@ -240,6 +240,7 @@ def test_paired_comparison_from_predictions_and_labels():
     labels = np.array([0, 1, 2, 3, 4, 5])
     same = metrics.paired_comparison(labels, labels, labels)
     assert same.difference == 0 and same.p_value == 1.0 and same.verdict() == "within noise"
+    assert same.detectable == pytest.approx(100.0)  # 6 images' worth of 6: no difference could be told here
     close = metrics.paired_comparison(np.array([0, 1, 2, 3, 4, 0]), np.array([0, 1, 2, 3, 0, 5]), labels)
     assert (close.a_only, close.b_only) == (1, 1) and close.verdict() == "within noise"
     assert "inconclusive at this precision" in close.phrase() and "could detect" in close.phrase()

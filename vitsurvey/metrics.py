@@ -202,8 +202,9 @@ class Paired:
     @property
     def detectable(self) -> float:
         """The smallest difference (points) this test set would detect with 80% power at the 5% level, given the
-        discordant share measured here: (z_0.975 + z_0.8) standard errors."""
-        return (1.959964 + 0.841621) * self.se
+        discordant share measured here: (z_0.975 + z_0.8) standard errors, and never less than 6 images' worth,
+        since McNemar's exact test cannot reject at 5% with fewer than 6 discordant images (2 / 2^6 = 0.031)."""
+        return max((1.959964 + 0.841621) * self.se, 100.0 * 6 / self.n)
 
     def verdict(self, alpha: float = 0.05) -> str:
         """``higher`` or ``lower`` (``a`` against ``b``) where McNemar's test rejects "no difference" at ``alpha``,

@@ -89,7 +89,6 @@ def augment(x: Tensor, max_shift: int = 2, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """The model's predicted class and the label of every image, in the loader's order (on the CPU): what
     :func:`vitsurvey.metrics.paired_comparison` compares two models on."""
