@@ -283,7 +283,7 @@ def _scripted(monkeypatch, seconds_per_timing):
     """Make each timing of a model return the next scripted number of seconds (two timings per round: A B B A)."""
     script = {name: iter(s) for name, s in seconds_per_timing.items()}
 
-    def fake(model, x, device, clock, iters, min_seconds):
+    def fake(model, x, clock, iters, min_seconds):
         seconds = next(script[model.name])
         return seconds, seconds
 

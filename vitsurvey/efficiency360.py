@@ -6,19 +6,7 @@ map); this module re-exports its names so that ``e360.card(...)`` and the rest k
 
 from __future__ import annotations
 
-from .studies.efficiency360 import (CORRUPTIONS, SEVERITIES, adversarial_accuracy, agreement, attention_rollout,
-                                    auc_se, calibration, card, check_images, class_incremental, continual_summary,
-                                    corrupt, corruption_accuracy, corruption_error, curve_area, deletion_curve,
-                                    device_of, explainable, fairness_summary, fit_temperature, imbalanced_indices,
-                                    imbalanced_training, logits_of, losses, membership_auc, per_class_accuracy,
-                                    perturb, private_training, relative_to, reliability, rollout_agreement,
-                                    spectral_complexity, top1_of, who_can_run)
+from .studies import efficiency360 as _home
+from .studies.efficiency360 import *  # noqa: F403  (the names the home lists in its __all__)
 
-__all__ = [
-    "CORRUPTIONS", "SEVERITIES", "adversarial_accuracy", "agreement", "attention_rollout", "auc_se", "calibration",
-    "card", "check_images", "class_incremental", "continual_summary", "corrupt", "corruption_accuracy",
-    "corruption_error", "curve_area", "deletion_curve", "device_of", "explainable", "fairness_summary",
-    "fit_temperature", "imbalanced_indices", "imbalanced_training", "logits_of", "losses", "membership_auc",
-    "per_class_accuracy", "perturb", "private_training", "relative_to", "reliability", "rollout_agreement",
-    "spectral_complexity", "top1_of", "who_can_run",
-]
+__all__ = list(_home.__all__)

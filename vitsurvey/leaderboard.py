@@ -6,13 +6,7 @@ The code lives in :mod:`vitsurvey.studies.leaderboard`; this module re-exports i
 
 from __future__ import annotations
 
-from .studies.leaderboard import (COLUMNS, FRONTS, STEM, CompositionError, NoResults, Step, additivity, compose,
-                                  describe_run, eer_ranking, eer_sensitivity, format_board, is_simulated,
-                                  measure_models, model_bytes, orders, own_result, pareto_fronts, read, save,
-                                  write_html)
+from .studies import leaderboard as _home
+from .studies.leaderboard import *  # noqa: F403  (the names the home lists in its __all__)
 
-__all__ = [
-    "COLUMNS", "CompositionError", "FRONTS", "NoResults", "STEM", "Step", "additivity", "compose", "describe_run",
-    "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models", "model_bytes", "orders",
-    "own_result", "pareto_fronts", "read", "save", "write_html",
-]
+__all__ = list(_home.__all__)

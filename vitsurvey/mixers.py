@@ -9,18 +9,10 @@ imports from those two homes.
 
 from __future__ import annotations
 
+from .models import mixers as _mixers
 from .models.layers import Attention
-from .models.mixers import (GRID_MIXERS, MIXERS, REGISTRY, RFFT_MACS_PER_POINT_LOG2, SETTINGS, ConvMixer,
-                            FourierMixer, LinearAttention, LowRankAttention, PoolMixer, SpatialReductionAttention,
-                            WindowAttention, build, check, crossover_tokens, macs, orthogonal_gaussian, params,
-                            register, rfft_macs, unregister)
-from .studies.attention import (RankTruncatedAttention, best_low_rank, circulant_projection, circulant_share,
-                                singular_values, truncate_attention)
+from .models.mixers import *  # noqa: F403  (the names the homes list in their __all__)
+from .studies import attention as _attention
+from .studies.attention import *  # noqa: F403
 
-__all__ = [
-    "Attention", "ConvMixer", "FourierMixer", "GRID_MIXERS", "LinearAttention", "LowRankAttention", "MIXERS",
-    "PoolMixer", "REGISTRY", "RFFT_MACS_PER_POINT_LOG2", "RankTruncatedAttention", "SETTINGS",
-    "SpatialReductionAttention", "WindowAttention", "best_low_rank", "build", "check", "circulant_projection",
-    "circulant_share", "crossover_tokens", "macs", "orthogonal_gaussian", "params", "register", "rfft_macs",
-    "singular_values", "truncate_attention", "unregister",
-]
+__all__ = sorted({"Attention", *_mixers.__all__, *_attention.__all__})

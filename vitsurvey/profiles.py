@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import data
+from .checks import is_whole
 from .models import ViTConfig
 
 __all__ = [
@@ -160,24 +161,21 @@ class Profile:
     def __post_init__(self) -> None:
         """Refuse sizes that would run but measure nothing (``bench_iters=0`` times no pass) or read as "unset"."""
 
-        def whole(v: object) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
         def number(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         problems = []
         for name in _POSITIVE_INTS:
             v = getattr(self, name)
-            if not (whole(v) and v >= 1):
+            if not is_whole(v, minimum=1):
                 problems.append(f"{name} must be a whole number >= 1, not {v!r}")
         for name in _OPTIONAL_POSITIVE_INTS:
             v = getattr(self, name)
-            if v is not None and not (whole(v) and v >= 1):
+            if v is not None and not is_whole(v, minimum=1):
                 problems.append(f"{name} must be a whole number >= 1 (or None: all of them), not {v!r}")
         for name in _NON_NEGATIVE_INTS:
             v = getattr(self, name)
-            if not (whole(v) and v >= 0):
+            if not is_whole(v, minimum=0):
                 problems.append(f"{name} must be a whole number >= 0, not {v!r}")
         for name in _POSITIVE_FLOATS:
             v = getattr(self, name)
@@ -189,7 +187,7 @@ class Profile:
                 problems.append(f"{name} must be a number >= 0, not {v!r}")
         for name in _POSITIVE_INT_TUPLES:
             v = getattr(self, name)
-            if not v or not all(whole(b) and b >= 1 for b in v):
+            if not v or not all(is_whole(b, minimum=1) for b in v):
                 problems.append(f"{name} must list whole numbers >= 1, not {v!r}")
         if problems:
             raise ValueError(f"Profile {self.name!r}: " + "; ".join(problems) + ".")

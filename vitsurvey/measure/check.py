@@ -10,13 +10,13 @@ laptop running something else). ``python -m vitsurvey timing-check`` runs it and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ CHECK_STEM = "timing_check"
 _HOG = "import torch, sys\ntorch.set_num_threads(int(sys.argv[1]))\nx = torch.randn(1024, 1024)\nwhile True:\n    x @ x\n"
 
 
-@contextmanager
+@contextlib.contextmanager
 def busy_process(threads: int | None = None) -> Iterator[subprocess.Popen]:
     """Another process keeping ``threads`` cores (default: all of them) busy while the block runs; it is killed
     when the block ends, however it ends."""
@@ -79,7 +79,7 @@ def timing_check(loads: tuple[str, ...] = ("idle", "busy"), pause_s: float = 0.0
             ("half depth", ("depth 6", "depth 3"), lambda q: q.low > 1.3),
         ):
             start = time.perf_counter()
-            with busy_process() if load == "busy" else _nothing():
+            with busy_process() if load == "busy" else contextlib.nullcontext():
                 t = relative_throughput({n: models[n] for n in pair}, shape, batch_size, "cpu", **timing)
             q = t.ratio(pair[1])
             row = {"method": name, "setting": load, "comparison": f"{pair[1]} over {pair[0]}",
@@ -91,8 +91,3 @@ def timing_check(loads: tuple[str, ...] = ("idle", "busy"), pause_s: float = 0.0
                 log(f"{name}, {load}: {q.format(3, 'x')} -> {q.verdict()} "
                     f"({'passed' if row['passed'] else 'FAILED'}; {row['seconds']:.0f} s; {t.machine.describe() if t.machine else ''})")
     return rows
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None

@@ -275,7 +275,7 @@ class Timings:
     clock: str = "wall"
     """A key of :data:`CLOCKS`: what the rates measure."""
     wall_rates: dict[str, list[float]] = field(default_factory=dict)
-    """The same rounds by the wall clock, kept beside CPU-time rates (empty where the clock is the wall)."""
+    """The same rounds by the wall clock (equal to :attr:`rates` where the clock is the wall or CUDA events)."""
     threads: int | None = None
     """Threads each model ran on (None: torch's default, the whole machine)."""
     machine: MachineState | None = None
@@ -332,7 +332,7 @@ class Timings:
         return cols | (self.machine.columns() if self.machine else {})
 
 
-def _pass_seconds(model: nn.Module, x: torch.Tensor, device: torch.device, clock: str) -> tuple[float, float]:
+def _pass_seconds(model: nn.Module, x: torch.Tensor, clock: str) -> tuple[float, float]:
     """One inference pass: (seconds by ``clock``, seconds by the wall clock)."""
     if clock == "cuda-events":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -348,14 +348,14 @@ def _pass_seconds(model: nn.Module, x: torch.Tensor, device: torch.device, clock
     return (cpu if clock == "cpu-time" else wall), wall
 
 
-def _best_pass(model: nn.Module, x: torch.Tensor, device: torch.device, clock: str, iters: int,
+def _best_pass(model: nn.Module, x: torch.Tensor, clock: str, iters: int,
                min_seconds: float) -> tuple[float, float]:
     """The fastest of at least ``iters`` passes (continuing until ``min_seconds`` have passed), by ``clock`` and by
     the wall clock. The fastest, not the mean: a pass can only be slowed by what else runs, never sped up."""
     best, best_wall, done = math.inf, math.inf, 0
     start = time.perf_counter()
     while done < iters or time.perf_counter() - start < min_seconds:
-        seconds, wall = _pass_seconds(model, x, device, clock)
+        seconds, wall = _pass_seconds(model, x, clock)
         best, best_wall, done = min(best, seconds), min(best_wall, wall), done + 1
     return best, best_wall
 
@@ -446,7 +446,7 @@ def relative_throughput(
                 order.reverse()
             best: dict[str, tuple[float, float]] = {n: (math.inf, math.inf) for n in names}
             for n in order + order[::-1]:  # A B ... B A
-                seconds, wall = _best_pass(models[n], inputs[n], device, clock, iters, min_seconds)
+                seconds, wall = _best_pass(models[n], inputs[n], clock, iters, min_seconds)
                 best[n] = (min(best[n][0], seconds), min(best[n][1], wall))
             for n in names:
                 timings.rates[n].append(batches[n] / best[n][0])

@@ -19,7 +19,6 @@ Every public name of these modules but the mixers' is importable from here.
 
 from __future__ import annotations
 
-from ..device import machine_memory_bytes
 from .counts import count_params, nonzero_params, packed_weights, vit_macs, vit_params
 from .layers import Attention, Block, Mlp, TokenMixer, merge_heads, split_qkv
 from .vit import PRESETS, PatchEmbed, TokenStep, ViTConfig, VisionTransformer, init_weights, require_plain
@@ -27,7 +26,7 @@ from .zoo import create, forward_bytes, small_resnet, timm_vit
 
 __all__ = [
     "Attention", "Block", "Mlp", "PRESETS", "PatchEmbed", "TokenMixer", "TokenStep", "ViTConfig",
-    "VisionTransformer", "count_params", "create", "forward_bytes", "init_weights", "machine_memory_bytes",
+    "VisionTransformer", "count_params", "create", "forward_bytes", "init_weights",
     "merge_heads", "nonzero_params", "packed_weights", "require_plain", "small_resnet", "split_qkv", "timm_vit",
     "vit_macs", "vit_params",
 ]
