@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitsurvey import leaderboard as lb
-from vitsurvey import measure, results
+from vitsurvey import measure, metrics, results
 from vitsurvey.__main__ import main
 from vitsurvey.models import ViTConfig, VisionTransformer
 from vitsurvey.models.counts import nonzero_params
@@ -224,6 +224,40 @@ def test_additivity_of_a_stack():
     assert both["vs_product"] == both["vs_product_low"] == both["vs_product_high"] == pytest.approx(1.0)
     with pytest.raises(KeyError, match="not on the board"):
         lb.additivity(board, timings, "prune+merge", ["nope"], "base")
+
+
+def test_measure_models_over_seeds(vit, test_set):
+    """A row trained at several seeds: top-1 is the mean over them, its verdict against its control is the seeded
+    comparison, and a control with one model stands at every seed of the row it is compared with."""
+    torch.manual_seed(3)
+    others = [VisionTransformer(CFG).eval() for _ in range(2)]
+    models = {"baseline": vit, "trained": others[0], "fixed": pruning.prune_structured(vit, 0.5)}
+    board, _ = lb.measure_models(models, test_set, FAST.replace(timing_rounds=1, timing_max_rounds=1),
+                                 controls={"trained": "baseline", "fixed": "baseline"},
+                                 later_seeds={"trained": others[1:]}, seeds={"trained": [0, 1]})
+    x, y = test_set
+    per_seed = [100.0 * float((m(x).argmax(-1) == y).double().mean()) for m in others]
+    assert board.loc["trained", "top1"] == pytest.approx(sum(per_seed) / 2)
+    assert board.loc["trained", "top1_seed_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+    assert board.loc["trained", "seeds"] == "0,1" and board.loc["fixed", "seeds"] == ""
+    assert math.isnan(board.loc["fixed", "top1_seed_std"])
+    base = [(vit(x).argmax(-1)).numpy()] * 2
+    expected = metrics.seeded_comparison([m(x).argmax(-1).numpy() for m in others], base, y.numpy())
+    assert board.loc["trained", "top1_vs_control"] == pytest.approx(expected.difference)
+    assert board.loc["trained", "p_vs_control"] == pytest.approx(expected.p_value)
+    assert board.loc["trained", "accuracy_vs_control"] == expected.verdict()
+    with pytest.raises(KeyError, match="later_seeds and seeds"):
+        lb.measure_models(models, test_set, FAST, later_seeds={"nope": others})
+
+
+def test_own_result_averages_the_seeds_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    results.append("07_knowledge_distillation", [{"method": "s", "seed": k, "top1": 80.0 + k} for k in range(3)],
+                   "cpu", "cpu")
+    results.append("07_knowledge_distillation", [{"method": "s", "seed": 0, "top1": 90.0}], "cpu", "cpu")
+    assert lb.own_result("07_knowledge_distillation", "s", None, "cpu", seeds=(0, 1, 2)) == pytest.approx((90.0 + 81.0 + 82.0) / 3)  # seed 0: its newest row
+    assert lb.own_result("07_knowledge_distillation", "s", None, "cpu", seeds=(0, 1, 2, 3)) is None  # seed 3 missing
+    assert lb.own_result("07_knowledge_distillation", "s", None, "cpu") == 90.0
 
 
 def test_own_result_reads_the_newest_matching_row(tmp_path, monkeypatch):

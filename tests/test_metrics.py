@@ -269,15 +269,70 @@ def test_holm_adjusts_the_smallest_p_value_most():
         metrics.holm([1.5])
 
 
-def test_seed_spread_uses_students_t():
-    s = metrics.SeedSpread.of([80.0, 82.0, 84.0])
-    assert (s.mean, s.std, s.k) == (82.0, 2.0, 3)
-    assert s.high - s.mean == pytest.approx(4.302653 * 2.0 / 3**0.5, rel=1e-5)
-    assert s.format() == "82.00 ± 2.00 (mean ± seed std, 3 seeds)"
-    d = metrics.seed_difference([80.0, 81.0, 82.0], [79.0, 79.5, 80.0])
-    assert d.mean == pytest.approx(1.5) and d.verdict() == "higher"
-    assert metrics.seed_difference([80.0, 83.0, 79.0], [81.0, 80.0, 80.0]).verdict() == "within noise"
-    one = metrics.SeedSpread.of([70.0])
-    assert one.verdict() == "within noise" and "1 seed)" in one.format()
-    with pytest.raises(ValueError, match="same seeds"):
-        metrics.seed_difference([1.0, 2.0], [1.0])
+def test_seeded_comparison_adds_seed_and_image_noise():
+    # two seeds, four images; differences in points: seed 0 (0, 100, 100, 0) -> 50, seed 1 (0, 100, 0, 0) -> 25
+    a = [[True, True, True, False], [True, True, False, False]]
+    b = [[True, False, False, False], [True, False, False, False]]
+    q = metrics.seeded_comparison(a, b)
+    assert (q.k, q.n, q.per_seed) == (2, 4, (50.0, 25.0))
+    assert q.difference == pytest.approx(37.5)
+    seed_var = ((50 - 37.5) ** 2 + (25 - 37.5) ** 2) / 1 / 2  # var over seeds (ddof 1) / k = 156.25
+    image_var = ((0 - 37.5) ** 2 + (100 - 37.5) ** 2 + (50 - 37.5) ** 2 + (0 - 37.5) ** 2) / 3 / 4  # 572.92
+    assert q.seed_se == pytest.approx(seed_var**0.5) and q.image_se == pytest.approx(image_var**0.5)
+    assert q.se == pytest.approx((seed_var + image_var) ** 0.5)
+    df = (seed_var + image_var) ** 2 / (seed_var**2 / 1 + image_var**2 / 3)
+    assert q.df == pytest.approx(df)
+    assert q.seed_std == pytest.approx(12.5 * 2**0.5)
+    from scipy.stats import t
+    half = t.ppf(0.975, df) * q.se  # about 75 points: the upper end would pass 100 and is clipped there
+    assert q.low == pytest.approx(37.5 - half) and q.high == 100.0
+    assert q.p_value == pytest.approx(2 * t.sf(37.5 / q.se, df))
+
+
+def test_seeded_comparison_verdicts():
+    labels = np.zeros(1000, dtype=int)
+    good = np.where(np.arange(1000) < 900, 0, 1)  # right on 900 images
+    worse = np.where(np.arange(1000) < 800, 0, 1)  # right on 800, a subset of good's
+    q = metrics.seeded_comparison([good] * 3, [worse] * 3, labels)
+    assert q.difference == pytest.approx(10.0) and q.verdict() == "higher" and q.seed_se == 0.0
+    assert metrics.seeded_comparison([worse] * 3, [good] * 3, labels).verdict() == "lower"
+    assert q.phrase("b").startswith("higher than b: +10.00 points") and "3 seeds" in q.phrase("b")
+    # seeds that disagree: +5, -5, +6 points, each on its own images; the image noise is small
+    same = np.ones(1000, dtype=bool)
+
+    def shifted(k: int) -> np.ndarray:
+        c = same.copy()
+        c[:abs(k)] = False
+        return c
+
+    a = [same, shifted(50), same]
+    b = [shifted(50), same, shifted(60)]
+    spread = metrics.seeded_comparison(a, b)
+    assert spread.per_seed == pytest.approx((5.0, -5.0, 6.0))
+    assert spread.verdict() == "within noise"
+    assert spread.phrase().startswith("inconclusive at this precision against the control")
+    assert spread.detectable > abs(spread.difference)
+    # identical predictions: no difference, and the detectable difference is at least one image's worth
+    tie = metrics.seeded_comparison([good, good], [good, good], labels)
+    assert (tie.difference, tie.p_value, tie.verdict()) == (0.0, 1.0, "within noise")
+    assert tie.detectable == pytest.approx(0.1)
+
+
+def test_seeded_comparison_one_seed_and_bad_input():
+    one = metrics.seeded_comparison(np.array([1, 1, 0, 1]), np.array([1, 0, 0, 1]), np.array([1, 1, 1, 1]))
+    assert one.k == 1 and np.isnan(one.seed_std) and "1 seed, seed noise not measured" in one.format()
+    assert one.difference == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="the same seeds"):
+        metrics.seeded_comparison([[True, False]] * 3, [[True, False]] * 2)
+    with pytest.raises(ValueError, match="booleans"):
+        metrics.seeded_comparison([[1, 0]], [[1, 1]])
+
+
+def test_seed_table_shows_mean_and_seed_std():
+    rows = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b"], "seed": [0, 1, 2] * 2,
+                         "top1": [80.0, 82.0, 84.0, 70.0, 70.0, 70.0]})
+    t = metrics.seed_table(rows)
+    assert list(t.index) == ["a", "b"]
+    assert t.loc["a"].tolist() == [82.0, 2.0, 3] and t.loc["b", "top1 seed std"] == 0.0
+    with pytest.raises(KeyError, match="accuracy"):
+        metrics.seed_table(rows, value="accuracy")

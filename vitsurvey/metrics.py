@@ -5,8 +5,8 @@
 * :func:`top1_se` is the standard error of an accuracy on a finite test set. Two models scored on the same
   images are compared paired (:func:`paired_comparison`: a paired bootstrap interval and McNemar's exact test);
   several comparisons at once are adjusted (:func:`holm`); recipes trained with several seeds are compared over
-  the seeds (:func:`seed_difference`). :func:`compare_top1` treats two accuracies as independent (for disjoint
-  groups of images).
+  the seeds and the images together (:func:`seeded_comparison`; :func:`seed_table` for mean ± seed std).
+  :func:`compare_top1` treats two accuracies as independent (for disjoint groups of images).
 * Pareto fronts and the EER work on a table (a pandas DataFrame) with one row per model, so reported
   and measured numbers go through the same code.
 """
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "DIRECTIONS", "Interval", "Paired", "SeedSpread", "compare_top1", "efficient_error_rate", "format_top1", "holm",
-    "paired_comparison", "pareto_front", "seed_difference", "speedup_phrase", "top1_se", "uncertain_front", "versus",
+    "DIRECTIONS", "Interval", "Paired", "SeededPaired", "compare_top1", "efficient_error_rate", "format_top1",
+    "holm", "paired_comparison", "pareto_front", "seed_table", "seeded_comparison", "speedup_phrase",
+    "top1_se", "uncertain_front", "versus",
 ]
 
 DIRECTIONS = ("min", "max")
@@ -286,59 +287,129 @@ def holm(p_values: Mapping[str, float] | Iterable[float]) -> Any:
 
 
 @dataclass(frozen=True)
-class SeedSpread:
-    """Accuracy over training seeds: the mean, the seeds' standard deviation, and, for a difference between two
-    recipes trained with the same seeds, a t interval over the per-seed differences.
+class SeededPaired:
+    """Two recipes, each trained with the same ``k`` seeds, every model scored on the same ``n`` test images: the mean
+    accuracy difference ``a - b`` (points) over the seeds, with an interval that holds both kinds of noise.
 
-    Why seeds: two trainings of one recipe that differ only in initialisation and data order land further apart
-    than a test set's standard error suggests, so a verdict from one training each mistakes seed noise for a
-    method's effect. With ``k`` seeds the interval uses Student's t with ``k - 1`` degrees of freedom, which is wide
-    for three seeds: that width is the honest answer at this budget.
+    Why both: a trained model's accuracy varies with its seed (initialisation, data order), and the test set is one
+    sample of images. The seeds' part is the spread of the per-seed differences (``seed_std / sqrt(k)``); the images'
+    part is the paired standard error of the seed-averaged difference image by image (images whose outcome differs
+    between the two recipes carry it). The two add as variances, and the interval uses Student's t with the
+    Welch-Satterthwaite degrees of freedom, so three seeds give the wide interval three seeds deserve, and a run whose
+    seeds agree is limited by its test images instead. With one seed the seed part cannot be measured: the interval
+    is the test set's alone and :meth:`phrase` says so.
     """
 
-    mean: float
-    std: float
+    difference: float
     low: float
     high: float
+    p_value: float
+    n: int
     k: int
+    seed_se: float
+    """The seeds' part of the standard error (points); NaN with one seed."""
+    image_se: float
+    """The test images' part of the standard error (points)."""
+    df: float
+    per_seed: tuple[float, ...]
+    """Each seed's difference ``a - b`` (points), in the seeds' order."""
     level: float = 0.95
 
-    @classmethod
-    def of(cls, values: Iterable[float], level: float = 0.95) -> SeedSpread:
+    @property
+    def se(self) -> float:
+        """The standard error of the mean difference (points): seeds and images together."""
+        return math.hypot(0.0 if math.isnan(self.seed_se) else self.seed_se, self.image_se)
+
+    @property
+    def seed_std(self) -> float:
+        """The standard deviation of the per-seed differences (points); NaN with one seed."""
+        return self.seed_se * math.sqrt(self.k) if self.k > 1 else math.nan
+
+    @property
+    def detectable(self) -> float:
+        """The smallest difference (points) this run would detect with 80% power at the 5% level, given the noise
+        measured here: (t_0.975 + t_0.8) standard errors at the interval's degrees of freedom, and never less than one
+        test image's worth."""
         from scipy.stats import t
 
-        v = np.asarray([float(x) for x in values], dtype=float)
-        if v.size == 0 or not np.isfinite(v).all():
-            raise ValueError(f"Seed results must be one or more finite numbers, got {v.tolist()}.")
-        mean = float(v.mean())
-        if v.size == 1:
-            return cls(mean, math.nan, -math.inf, math.inf, 1, level)
-        std = float(v.std(ddof=1))
-        half = float(t.ppf(0.5 + level / 2, v.size - 1)) * std / math.sqrt(v.size)
-        return cls(mean, std, mean - half, mean + half, int(v.size), level)
+        return max((float(t.ppf(0.975, self.df)) + float(t.ppf(0.8, self.df))) * self.se, 100.0 / self.n)
 
-    def verdict(self) -> str:
-        """For a difference (a - b over seeds): ``higher``, ``lower`` or ``within noise`` (the interval holds 0)."""
-        if self.low > 0:
-            return "higher"
-        if self.high < 0:
-            return "lower"
-        return "within noise"
+    def verdict(self, alpha: float = 0.05) -> str:
+        """``higher`` or ``lower`` (``a`` against ``b``) where the test rejects "no difference" at ``alpha``, else
+        ``within noise``."""
+        if self.p_value >= alpha or self.difference == 0:
+            return "within noise"
+        return "higher" if self.difference > 0 else "lower"
 
     def format(self, digits: int = 2) -> str:
-        """``87.10 ± 0.42 (mean ± seed std, 3 seeds)``."""
-        std = "n/a" if math.isnan(self.std) else f"{self.std:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {std} (mean ± seed std, {self.k} seed{'s' if self.k != 1 else ''})"
+        """``+1.20 points (95% CI +0.40 to +2.00; p = 0.004; 3 seeds, seed std 0.30; 10,000 paired images)``."""
+        seeds = (f"{self.k} seeds, seed std {self.seed_std:.{digits}f}" if self.k > 1
+                 else "1 seed, seed noise not measured")
+        return (f"{self.difference:+.{digits}f} points ({100 * self.level:.0f}% CI {self.low:+.{digits}f} to "
+                f"{self.high:+.{digits}f}; p = {self.p_value:.3g}; {seeds}; {self.n:,} paired images)")
+
+    def phrase(self, name: str = "the control", alpha: float = 0.05) -> str:
+        """``higher than the control: ...`` or ``inconclusive at this precision against the control: ...; this run
+        could detect about 1.1 points (80% power)``."""
+        verdict = self.verdict(alpha)
+        if verdict == "within noise":
+            return (f"inconclusive at this precision against {name}: {self.format()}; this run could detect about "
+                    f"{self.detectable:.2f} points (80% power)")
+        return f"{verdict} than {name}: {self.format()}"
 
 
-def seed_difference(a: Iterable[float], b: Iterable[float], level: float = 0.95) -> SeedSpread:
-    """Recipe ``a`` against recipe ``b``, each trained with the same seeds in the same order: the mean per-seed
-    difference with its t interval (:class:`SeedSpread`). The interval covers seed noise and, since each seed's
-    accuracy is measured on the test set, the test set's noise too."""
-    va, vb = [float(x) for x in a], [float(x) for x in b]
-    if len(va) != len(vb):
-        raise ValueError(f"a and b need one result per seed, the same seeds: {len(va)} against {len(vb)}.")
-    return SeedSpread.of([x - y for x, y in zip(va, vb)], level)
+def _correct_by_seed(predictions: Any, labels: Iterable | None) -> np.ndarray:
+    """Whether each seed's model got each image right: a (seeds, images) array."""
+    rows = [predictions] if np.ndim(np.asarray(predictions[0] if len(predictions) else [])) == 0 else predictions
+    return np.stack([_correct(r, labels) for r in rows]) if len(rows) else np.zeros((0, 0), dtype=bool)
+
+
+def seeded_comparison(a: Any, b: Any, labels: Iterable | None = None, level: float = 0.95) -> SeededPaired:
+    """Compare recipe ``a`` with ``b``: each is a sequence with one entry per training seed (the same seeds, in the same
+    order), every entry the predicted classes on the same test images (with ``labels``) or whether each image was
+    right (booleans, without ``labels``). A single 1-D entry counts as one seed. Returns the mean difference in top-1
+    with an interval over seeds and images together (:class:`SeededPaired`).
+
+    The p-value is Student's t on the mean difference with the Welch-Satterthwaite degrees of freedom of the two
+    variance parts: ``df = V^2 / ((s^2/k)^2/(k-1) + (v/n)^2/(n-1))`` with ``V = s^2/k + v/n``, where ``s`` is the
+    per-seed differences' standard deviation and ``v`` the variance over images of the seed-averaged difference."""
+    from scipy.stats import t
+
+    ca, cb = _correct_by_seed(a, labels), _correct_by_seed(b, labels)
+    if ca.shape != cb.shape:
+        raise ValueError(f"a and b need one result per seed (the same seeds) on the same test images: {ca.shape[0]} "
+                         f"seed(s) x {ca.shape[1]} images against {cb.shape[0]} x {cb.shape[1]}.")
+    k, n = ca.shape
+    if k == 0 or n == 0:
+        raise ValueError("A seeded comparison needs at least one seed and one test image both recipes classified.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level is a probability between 0 and 1 (e.g. 0.95), not {level}.")
+    diff = 100.0 * (ca.astype(float) - cb.astype(float))  # (seeds, images)
+    per_seed = diff.mean(axis=1)
+    mean = float(per_seed.mean())
+    image_var = float(diff.mean(axis=0).var(ddof=1)) / n if n > 1 else 0.0
+    seed_var = float(per_seed.var(ddof=1)) / k if k > 1 else math.nan
+    total = image_var + (0.0 if k == 1 else seed_var)
+    parts = (0.0 if k == 1 else seed_var**2 / (k - 1)) + (image_var**2 / (n - 1) if n > 1 else 0.0)
+    df = total**2 / parts if parts > 0 else float(max(k - 1, 1))
+    se = math.sqrt(total)
+    if se == 0.0:
+        p_value = 1.0 if mean == 0 else 0.0
+        low = high = mean
+    else:
+        p_value = float(2.0 * t.sf(abs(mean) / se, df))
+        half = float(t.ppf(0.5 + level / 2, df)) * se
+        low, high = max(mean - half, -100.0), min(mean + half, 100.0)  # a difference of accuracies lies in +-100
+    return SeededPaired(mean, low, high, p_value, n, k, math.sqrt(seed_var) if k > 1 else math.nan,
+                        math.sqrt(image_var), df, tuple(float(x) for x in per_seed), level)
+
+
+def seed_table(frame: pd.DataFrame, by: str | list[str] = "model", value: str = "top1") -> pd.DataFrame:
+    """One row per model from one row per (model, seed): ``value`` as the mean over seeds, ``value + " seed std"``
+    and ``seeds`` (how many), in the models' first-seen order. What every table of trained models shows."""
+    _check_columns(frame, [*([by] if isinstance(by, str) else by), value], "seed_table")
+    grouped = frame.groupby(by, sort=False)[value]
+    return pd.DataFrame({value: grouped.mean(), f"{value} seed std": grouped.std(ddof=1), "seeds": grouped.size()})
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:

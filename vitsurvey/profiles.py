@@ -99,6 +99,9 @@ class Profile:
     finetune_samples: int | None = 10_000
     """Training images for the short fine-tune after compression (a seeded subset)."""
     finetune_epochs: int = 1
+    token_finetune_samples: int | None = 10_000
+    """Training images for the fine-tune after token reduction (notebook 06), whose 50-token baseline trains slower
+    per image than the main one (:meth:`for_tokens`)."""
     finetune_lr: float = 2e-4
     compression_levels: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     """Fractions removed (weights, heads and neurons, tokens) at which a strategy is evaluated."""
@@ -199,10 +202,12 @@ class Profile:
                 "threads": self.timing_threads}
 
     def for_tokens(self) -> Profile:
-        """This profile with the token-reduction baseline as its baseline (itself where there is none)."""
+        """This profile with the token-reduction baseline as its baseline (the main one where there is none), and
+        ``token_finetune_samples`` images for its fine-tunes."""
         if self.token_baseline is None:
-            return self
-        return self.replace(baseline=self.token_baseline, epochs=self.token_baseline_epochs or self.epochs)
+            return self.replace(finetune_samples=self.token_finetune_samples)
+        return self.replace(baseline=self.token_baseline, epochs=self.token_baseline_epochs or self.epochs,
+                            finetune_samples=self.token_finetune_samples)
 
     def for_students(self) -> Profile:
         """This profile with the distillation student as its baseline, trained on ``student_samples``
@@ -233,8 +238,9 @@ _POSITIVE_INTS = ("seeds", "epochs", "batch_size", "bench_iters", "latency_iters
                   "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
                   "multiplex_epochs", "multiplex_k", "e360_epochs")
 _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "val_samples", "token_baseline_epochs", "s3_models",
-                           "finetune_samples", "student_samples", "teacher_epochs", "mixer_samples", "mixer_models", "multiplex_samples",
-                           "e360_samples", "e360_train_samples", "timing_threads")
+                           "finetune_samples", "token_finetune_samples", "student_samples", "teacher_epochs",
+                           "mixer_samples", "mixer_models", "multiplex_samples", "e360_samples", "e360_train_samples",
+                           "timing_threads")
 _NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
 _POSITIVE_FLOATS = ("lr", "finetune_lr")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "warmup_epochs", "bench_min_seconds", "timing_tolerance")
@@ -277,6 +283,7 @@ PROFILES: dict[str, Profile] = {
         timing_batch=2,
         sweep_batch_sizes=(1, 2),
         finetune_samples=256,
+        token_finetune_samples=256,
         compression_levels=(0.3, 0.6),
         slim_tolerances=(0.1, 0.3),
         slim_sample=16,
@@ -326,6 +333,18 @@ PROFILES: dict[str, Profile] = {
         timing_batch=4,
         sweep_batch_sizes=(1, 8),
         protocol_models=_PROTOCOL_MODELS,
+        # Three training seeds (the default) for every trained comparison cost these sizes, to keep each notebook
+        # within about 20 minutes on 2 cores: 15,000 images per student (from 20,000, notebook 07), 12,000 per
+        # multiplexer (from 20,000, notebook 09), 4,000 per fine-tune after token reduction (from 10,000, notebook 06),
+        # 4,000 per model notebook 10 trains itself (from 10,000); multiplexers train for 2 epochs (from 3, notebooks 09
+        # and 12); and notebook 04's token grids stop at 32 x 32 (1,024 tokens, beyond every mixer's crossover) instead
+        # of 64 x 64, whose timings took most of its time.
+        mixer_grids=(4, 8, 16, 32),
+        student_samples=15_000,
+        multiplex_samples=12_000,
+        multiplex_epochs=2,
+        token_finetune_samples=4_000,
+        e360_train_samples=4_000,
     ),
     "gpu": Profile(
         name="gpu",
@@ -351,6 +370,7 @@ PROFILES: dict[str, Profile] = {
         sweep_batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048),  # S3: powers of two up to the memory limit
         finetune_samples=None,
         finetune_epochs=3,
+        token_finetune_samples=None,
         slim_sample=256,
         slim_finetune_steps=50,
         student=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=2),

@@ -5,7 +5,9 @@ parameters (int8's packed weights included) and non-zero parameters; MACs per im
 counted; int8 on its float twin); bytes as stored (``torch.save``; simulated quantization at its bit width);
 peak inference memory; throughput relative to the reference from **one** interleaved timing run
 (:func:`vitsurvey.measure.relative_throughput`: the median over the rounds with its 95% interval, one thread per
-model on a CPU). Simulated (fake) quantization runs float kernels, so it is not timed.
+model on a CPU). Simulated (fake) quantization runs float kernels, so it is not timed. A row whose model was trained
+with several seeds shows the mean top-1 over them (a trained model's accuracy varies with its seed); its speed is
+timed once, on the first seed's model, since every seed's model has the same architecture and structure.
 
 Strategies take a model and return a model, so a composition is a list of :class:`Step` applied in order
 (:func:`compose`); :func:`orders` tries every order of a set of steps and says which cannot follow which.
@@ -46,8 +48,8 @@ __all__ = [
 STEM = "12_leaderboard"
 """Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
 
-COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "n_test", "top1_vs_control", "top1_vs_control_low",
-           "top1_vs_control_high", "p_vs_control", "accuracy_vs_control",
+COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "top1_seed_std", "seeds", "n_test",
+           "top1_vs_control", "top1_vs_control_low", "top1_vs_control_high", "p_vs_control", "accuracy_vs_control",
            "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
            "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
            "timing_rounds", "timing_clock", "timing_threads", "load_before", "load_after", "cores", "steal_pct",
@@ -134,6 +136,8 @@ def measure_models(
     controls: Mapping[str, str] | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
+    later_seeds: Mapping[str, Sequence[nn.Module]] | None = None,
+    seeds: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[pd.DataFrame, measure.Timings | None]:
     """Every model under the one protocol (module docstring); one row per model with :data:`COLUMNS`.
 
@@ -141,15 +145,22 @@ def measure_models(
     architecture given the same training (a compressed model that was fine-tuned is compared with the
     baseline given that fine-tune, a model trained from scratch with its architecture's reference trained
     alike). Its top-1 change (points) with the verdict of a paired comparison on the same test images
-    (McNemar's exact test, :func:`vitsurvey.metrics.paired_comparison`; ``top1_vs_control_low``/``_high`` its 95%
-    paired bootstrap interval, ``p_vs_control`` the test's p-value) and its speed-up against that control (from
-    the same timing run) fill the ``*_vs_control`` columns.
+    (:func:`vitsurvey.metrics.seeded_comparison`, over the seeds and the test images; ``top1_vs_control_low``/``_high``
+    its 95% interval, ``p_vs_control`` the test's p-value) and its speed-up against that control (from the same
+    timing run) fill the ``*_vs_control`` columns.
 
     ``batch_size`` (default: eight times the profile's timing batch) is the batch every model is timed and
     its memory measured at; a multiple of eight, so that no multiplexer of up to eight images pads its last
     group. The test images go through unshuffled in batches of 256, so a multiplexer mixes the same groups
     whatever is measured alongside. ``families`` and ``steps`` label the rows (strategy family; what was
     applied). Returns the table (indexed by model) and the timing run (None when nothing could be timed).
+
+    Seeds: ``models`` holds each row's first-seed model (the one measured and timed); ``later_seeds`` maps a row
+    trained with several seeds to its models of the other seeds, in order, and ``seeds`` to all its seeds (written
+    to the ``seeds`` column as ``"0,1,2"``; empty where no training made the row). Such a row's ``top1`` is the mean
+    over its seeds, ``top1_seed_std`` their standard deviation, and its comparison with its control is
+    :func:`vitsurvey.metrics.seeded_comparison` (seeds and test images together). A side with one model (no seeds, or
+    one) is that one model at every seed of the other side: a fixed model against a recipe whose seeds vary.
     """
     if reference not in models:
         raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(models)}.")
@@ -162,15 +173,24 @@ def measure_models(
     shape = tuple(x.shape[1:])
     batch = batch_size or 8 * profile.timing_batch
     probe = torch.zeros(8, *shape, device=device)
+    unknown = [n for n in [*(later_seeds or {}), *(seeds or {})] if n not in models]
+    if unknown:
+        raise KeyError(f"later_seeds and seeds must name measured models; not among them: {unknown}.")
     rows = {}
-    predictions = {}
+    predictions: dict[str, list[np.ndarray]] = {}
     for name, model in models.items():
         model = model.to(device).eval()
-        predictions[name], labels = train.predict(model, tensor_loader(x, y, 256), device)
-        top1 = 100.0 * float((predictions[name] == labels).double().mean())
+        predictions[name] = []
+        for m in (model, *(later_seeds or {}).get(name, ())):
+            predicted, labels = train.predict(m.to(device).eval(), tensor_loader(x, y, 256), device)
+            predictions[name].append(predicted.numpy())
+        per_seed = [100.0 * float((p == labels.numpy()).mean()) for p in predictions[name]]
+        top1 = float(np.mean(per_seed))
         rows[name] = {
             "model": name, "family": (families or {}).get(name, ""), "steps": (steps or {}).get(name, ""),
             "top1": top1, "top1_se": metrics.top1_se(top1, len(y)), "n_test": len(y),
+            "top1_seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
+            "seeds": ",".join(str(int(s)) for s in (seeds or {}).get(name, ())),
             "params": measure.count_params(model, trainable_only=False), "nonzero_params": nonzero_params(model),
             "macs": round(measure.count_macs(model, probe).total / len(probe)), "bytes": model_bytes(model),
             "infer_mem_bytes": measure.inference_memory(model, shape, batch, device).peak_bytes,
@@ -185,7 +205,13 @@ def measure_models(
                               verdict="reference" if name == reference else ratio.verdict(),
                               throughput_img_s=timings.rate(name).median, batch_size=batch, **timings.columns())
     for name, control in (controls or {}).items():
-        paired = metrics.paired_comparison(predictions[name].numpy(), predictions[control].numpy(), labels.numpy())
+        a, b = predictions[name], predictions[control]
+        if len(a) != len(b) and 1 in (len(a), len(b)):  # one fixed model against a seeded recipe
+            a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+        if len(a) != len(b):
+            raise ValueError(f"{name!r} has {len(a)} seeds and its control {control!r} {len(b)}: a seeded "
+                             "comparison needs the same seeds on both sides.")
+        paired = metrics.seeded_comparison(a, b, labels.numpy())
         rows[name].update(control=control, top1_vs_control=paired.difference, top1_vs_control_low=paired.low,
                           top1_vs_control_high=paired.high, p_vs_control=paired.p_value,
                           accuracy_vs_control="control" if name == control else paired.verdict())
@@ -228,10 +254,15 @@ def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts:
             "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
 
 
-def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1") -> float | None:
+def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
+               seeds: Sequence[int] | None = None) -> float | None:
     """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``, unless None) in
     ``profile``, or None where that notebook has not measured it in this profile. Rows are appended in order,
-    so the last matching row is the newest."""
+    so the last matching row is the newest.
+
+    With ``seeds`` (a model trained at several seeds, one row per seed in an int ``seed`` column): the mean over
+    those seeds of each seed's newest row, so it reads the same number the leaderboard shows; None unless every
+    seed has a row."""
     frame = results.read(stem)
     if column not in frame.columns:
         return None
@@ -239,7 +270,17 @@ def own_result(stem: str, method: str, setting: str | None, profile: str, column
     if setting is not None:
         rows = rows[rows["setting"] == setting]
     rows = rows.dropna(subset=[column])
-    return None if rows.empty else float(rows[column].iloc[-1])
+    if seeds is None or not len(seeds):
+        return None if rows.empty else float(rows[column].iloc[-1])
+    if "seed" not in rows.columns:
+        return None
+    newest = {}
+    for s in seeds:
+        mine = rows[pd.to_numeric(rows["seed"], errors="coerce") == int(s)]
+        if mine.empty:
+            return None
+        newest[s] = float(mine[column].iloc[-1])
+    return float(np.mean(list(newest.values())))
 
 
 # --------------------------------------------------------------------------- ranking
