@@ -93,12 +93,12 @@ def test_tome_schedule_needs_whole_numbers(total, depth):
 
 def test_evit_blocks_must_lie_inside_the_model(vit):
     with pytest.raises(ValueError, match="blocks 0 to 1"):
-        tokens.WithTokenStep(vit, tokens.evit_step(0.5, [1, 5]))
+        tokens.EViT(vit, 0.5, [1, 5])
     with pytest.raises(ValueError, match="block indices"):
-        tokens.evit_step(0.5, [-1])
+        tokens.EViT(vit, 0.5, [-1])
     with pytest.raises(ValueError, match="block indices"):
-        tokens.evit_step(0.5, [0.5])
-    tokens.WithTokenStep(vit, tokens.evit_step(0.5, [0, 1]))  # inside: accepted
+        tokens.EViT(vit, 0.5, [0.5])
+    tokens.EViT(vit, 0.5, [0, 1])  # inside: accepted
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -29,8 +29,26 @@ def test_soft_loss_is_zero_for_equal_logits_and_grows_with_distance():
 def test_soft_loss_is_tau_squared_kl_by_hand():
     s, t, tau = _logits(3), _logits(4), 3.0
     p_t, p_s = (t / tau).softmax(-1), (s / tau).softmax(-1)
-    by_hand = tau**2 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
-    assert distill.soft_loss(s, t, tau).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    per_image = tau**2 * (p_t * (p_t.log() - p_s.log())).sum(-1)
+    assert distill.soft_loss(s, t, tau, "batchmean").item() == pytest.approx(per_image.mean().item(), rel=1e-5)
+    # DeiT's default: the sum over images and classes divided by images x classes, 10 classes here
+    assert distill.soft_loss(s, t, tau).item() == pytest.approx(per_image.sum().item() / (5 * 10), rel=1e-5)
+
+
+def test_soft_loss_of_a_known_pair_of_logits():
+    # one image, two classes; teacher logits (ln 3, 0): p_t = (3/4, 1/4); student (0, 0): p_s = (1/2, 1/2)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # 0.1308...
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    assert distill.soft_loss(s, t, 1.0).item() == pytest.approx(kl / 2, rel=1e-6)  # DeiT: / (1 image x 2 classes)
+    assert distill.soft_loss(s, t, 1.0, "batchmean").item() == pytest.approx(kl, rel=1e-6)
+    # tau = 2 halves the logits: p_t = (sqrt 3, 1) / (sqrt 3 + 1), and tau^2 = 4 multiplies the KL
+    a = math.sqrt(3) / (math.sqrt(3) + 1)
+    kl2 = a * math.log(a / 0.5) + (1 - a) * math.log((1 - a) / 0.5)
+    assert distill.soft_loss(s, t, 2.0).item() == pytest.approx(4 * kl2 / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        distill.soft_loss(s, t, 1.0, "mean")
+    with pytest.raises(ValueError, match="reduction"):
+        distill.Distillation(torch.nn.Identity(), "soft", reduction="sum")
 
 
 def test_hard_loss_is_cross_entropy_on_the_teacher_argmax():

@@ -124,7 +124,15 @@ def test_pareto_fronts():
 def test_eer_sensitivity():
     board = _board()
     draws = lb.eer_sensitivity(board, draws=200, seed=0)
-    assert len(draws) == 200 and draws["tau"].between(-1, 1).all()
+    assert len(draws) == 400 and draws["tau"].between(-1, 1).all()  # 200 draws, each in both forms
+    assert draws["form"].value_counts().to_dict() == {"arithmetic": 200, "geometric": 200}
+    geo = draws[draws["form"] == "geometric"]
+    # the geometric form's ranking ignores the reference: equal weights give tau 1 whatever the reference drawn
+    same = lb.eer_sensitivity(board, draws=1, forms=("geometric",))
+    assert len(same) == 1 and geo["tau"].between(-1, 1).all()
+    for ref in board.index:
+        assert lb.eer_ranking(board, dict.fromkeys(["params", "macs", "bytes", "error"], 1.0), ref, "geometric").equals(
+            lb.eer_ranking(board, dict.fromkeys(["params", "macs", "bytes", "error"], 1.0), "baseline", "geometric"))
     assert {"w params", "w macs", "w bytes", "w error"} <= set(draws.columns)
     # a model best on every feature tops every ranking, whatever the weights
     best = board.assign(top1=[90, 89, 85, 99.0], params=[100, 50, 60, 1], macs=[100, 40, 50, 1],
@@ -224,6 +232,26 @@ def test_additivity_of_a_stack():
     assert both["vs_product"] == both["vs_product_low"] == both["vs_product_high"] == pytest.approx(1.0)
     with pytest.raises(KeyError, match="not on the board"):
         lb.additivity(board, timings, "prune+merge", ["nope"], "base")
+    # Amdahl: shares saved 1 - 1/1.5 = 1/3 and 1 - 1/2 = 1/2 add to 5/6, so 1 / (1 - 5/6) = 6x; measured 3x
+    assert out["predicted_amdahl"] == pytest.approx(6.0) and out["vs_amdahl"] == pytest.approx(0.5)
+    assert not out["adds_up_amdahl"]
+
+
+def test_additivity_of_disjoint_shares_follows_amdahl():
+    # each part saves a fifth of the base's time (1.25x); disjoint, the stack saves two fifths: 1 / 0.6 = 1.667x,
+    # where the product predicts 1.5625x
+    board = pd.DataFrame({"top1": [90.0, 90.0, 90.0, 90.0], "n_test": 10_000},
+                         index=["base", "int8", "thin", "int8+thin"])
+    timings = measure.Timings({"base": [100.0] * 5, "int8": [125.0] * 5, "thin": [125.0] * 5,
+                               "int8+thin": [100 / 0.6] * 5}, "base", dict.fromkeys(board.index, 8))
+    out = lb.additivity(board, timings, "int8+thin", ["int8", "thin"], "base")
+    assert out["predicted_amdahl"] == pytest.approx(1 / 0.6) and out["predicted_speedup"] == pytest.approx(1.5625)
+    assert out["adds_up_amdahl"] and out["vs_amdahl"] == pytest.approx(1.0)
+    assert not out["adds_up_speed"]  # 6.7% above the product, outside the 3% resolution
+    # shares that reach the whole time: Amdahl predicts no finite speed-up
+    big = measure.Timings({**timings.rates, "int8": [250.0] * 5, "thin": [200.0] * 5}, "base", timings.batch_size)
+    none = lb.additivity(board, big, "int8+thin", ["int8", "thin"], "base")
+    assert math.isnan(none["predicted_amdahl"]) and not none["adds_up_amdahl"]
 
 
 def test_measure_models_over_seeds(vit, test_set):

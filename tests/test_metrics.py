@@ -103,6 +103,21 @@ def test_eer_bad_input():
         efficient_error_rate(TABLE.assign(bits=0), COSTS)
 
 
+def test_geometric_eer_is_the_weighted_geometric_mean_and_ignores_the_reference_in_ranking():
+    eer = efficient_error_rate(TABLE, COSTS, reference="b", form="geometric")
+    assert eer["b"] == pytest.approx(1.0)
+    assert eer["ti"] == pytest.approx((5.7 / 86.6 * 1.26 / 17.6 * 32 / 8 * 27.8 / 18.2) ** (1 / 4))
+    weighted = efficient_error_rate(TABLE, {"macs": 3.0}, reference="s", form="geometric")
+    assert weighted["b"] == pytest.approx((17.6 / 4.6) ** 0.75 * (18.2 / 20.2) ** 0.25)
+    for ref in ("ti", "s", "b", "max", "min"):  # every reference: the same order
+        ranks = efficient_error_rate(TABLE, COSTS, reference=ref, form="geometric").rank()
+        assert ranks.tolist() == eer.rank().tolist()
+    with pytest.raises(ValueError, match="positive"):
+        efficient_error_rate(TABLE.assign(error=[0.0, 20.2, 18.2]), COSTS, reference="b", form="geometric")
+    with pytest.raises(ValueError, match="form"):
+        efficient_error_rate(TABLE, COSTS, form="harmonic")
+
+
 positive = st.floats(0.01, 1000, allow_nan=False)
 table = st.lists(st.tuples(positive, positive, positive), min_size=2, max_size=8).map(
     lambda rows: pd.DataFrame(rows, columns=["macs", "params", "error"])

@@ -111,6 +111,59 @@ def test_random_features_approximate_softmax_attention_better_as_they_grow() -> 
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.15
 
 
+def test_shifted_windows_never_mix_tokens_that_are_not_neighbours() -> None:
+    torch.manual_seed(0)
+    g, m = 4, 2
+    layer = mixers.WindowAttention(12, 2, grid=g, window=m, shift=True)  # shift 1
+    x = torch.randn(1, g * g, 12)
+    # by hand: after rolling by -1, token (r, c) sits at ((r - 1) % g, (c - 1) % g); two tokens may attend to each
+    # other where their rolled positions share a window and they were neighbours in the image (no wrap-around)
+    def rolled(t: int) -> tuple[int, int]:
+        return ((t // g - 1) % g, (t % g - 1) % g)
+
+    def allowed(a: int, b: int) -> bool:
+        (ra, ca), (rb, cb) = rolled(a), rolled(b)
+        same_window = (ra // m, ca // m) == (rb // m, cb // m)
+        return same_window and abs(a // g - b // g) < m and abs(a % g - b % g) < m
+
+    with torch.no_grad():
+        q, k, v = layer.heads(x)  # (1, heads, N, d)
+        out = torch.zeros_like(q)
+        for a in range(g * g):
+            keys = [b for b in range(g * g) if allowed(a, b)]
+            weights = torch.softmax(q[:, :, a:a + 1] @ k[:, :, keys].transpose(-2, -1) / q.shape[-1] ** 0.5, -1)
+            out[:, :, a] = (weights @ v[:, :, keys])[:, :, 0]
+        want = layer.proj(out.transpose(1, 2).reshape(1, g * g, 12))
+        torch.testing.assert_close(layer(x), want, atol=1e-5, rtol=1e-5)
+        # the corners (0, 0) and (3, 3) share a rolled window but lie at opposite edges: no influence
+        x2 = x.clone()
+        x2[0, 0] += 10.0
+        assert torch.equal(layer(x2)[0, g * g - 1], layer(x)[0, g * g - 1])
+        x3 = x.clone()
+        x3[0, 1 * g + 1] += 10.0  # (1, 1) and (2, 2) share a rolled window and are neighbours: influence
+        assert not torch.allclose(layer(x3)[0, 2 * g + 2], layer(x)[0, 2 * g + 2])
+
+
+def test_random_features_carry_performers_epsilon() -> None:
+    layer = mixers.LinearAttention(4, 1, features=2)  # head width d = 4, m = 2 features
+    layer.omega = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])  # w_1 = e_1, w_2 = e_2
+    q = torch.tensor([[[[2.0, 0.0, 0.0, 0.0], [0.0, 40.0, 0.0, 0.0]]]])  # (B, h, N, d): one small, one huge query
+    x = q * 4**-0.25  # q / d^(1/4)
+    for n in range(2):  # by hand: (exp(w^T x - |x|^2 / 2 - max_j w_j^T x) + eps) / sqrt(m)
+        proj = [float(x[0, 0, n, 0]), float(x[0, 0, n, 1])]
+        sq = float((x[0, 0, n] ** 2).sum())
+        want = [(math.exp(p - sq / 2 - max(proj)) + 1e-4) / math.sqrt(2) for p in proj]
+        got = layer.feature_map(q, is_query=True)[0, 0, n].tolist()
+        assert got == pytest.approx(want, rel=1e-5)
+    # the huge query's features underflow to 0 without eps; with it, every feature is at least eps / sqrt(m)
+    assert (layer.feature_map(q, is_query=True) >= 1e-4 / math.sqrt(2) * (1 - 1e-6)).all()
+    keys = layer.feature_map(q, is_query=False)  # keys: one shift for the whole head
+    shift = float(x[0, 0].max())
+    sq = float((x[0, 0, 0] ** 2).sum())
+    assert float(keys[0, 0, 0, 0]) == pytest.approx((math.exp(float(x[0, 0, 0, 0]) - sq / 2 - shift) + 1e-4)
+                                                    / math.sqrt(2), rel=1e-5)
+
+
 def test_fourier_with_a_unit_filter_is_the_identity() -> None:
     m = mixers.FourierMixer(48, grid=8)
     with torch.no_grad():

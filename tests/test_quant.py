@@ -100,13 +100,34 @@ def test_twin_uniform_calibration_beats_one_uniform_range_on_softmax_like_values
     assert (twin(probs) - probs).pow(2).mean() < (uniform(probs) - probs).pow(2).mean()
 
 
-def test_power_of_two_factors_cover_every_channel():
+def test_power_of_two_factors_pick_alpha_by_squared_error_with_one_zero_point():
+    # 2 bits: codes 0..3. The layer spans [-3, 3]: coarsest step 6 / 3 = 2, zero point 0 - round(-3 / 2) = 2 (round
+    # half to even), steps 2 / 8 * 2^alpha = 0.25, 0.5, 1, 2 for alpha 0..3.
+    x = torch.tensor([[-3.0, -0.5], [3.0, 0.25]])  # channel 0 wide, channel 1 narrow
+    q, alpha = quant.power_of_two_factors(x, bits=2)
+    assert alpha.tolist() == [3.0, 0.0]
+    assert q.scale.tolist() == [2.0, 0.25] and q.zero_point.tolist() == [2.0, 2.0]  # one zero point for the layer
+
+    def mse(values: list[float], step: float) -> float:  # the channel's squared error at one step, by hand
+        codes = [min(max(round(v / step) + 2, 0), 3) for v in values]
+        return sum(((c - 2) * step - v) ** 2 for c, v in zip(codes, values)) / len(values)
+
+    for c, values in enumerate(([-3.0, 3.0], [-0.5, 0.25])):
+        errors = [mse(values, 0.25 * 2**a) for a in range(4)]
+        assert errors.index(min(errors)) == alpha[c]
+    assert mse([-3.0, 3.0], 2.0) == 1.0 and mse([-0.5, 0.25], 0.25) == 0.0
+    assert torch.equal(q(x)[:, 1], x[:, 1])  # the narrow channel is exact on its fine step
+
+
+def test_power_of_two_factors_follow_wide_channels():
     x = torch.randn(32, 197, 16) * torch.logspace(-1, 1.5, 16)
-    q, alpha = quant.power_of_two_factors(x, bits=8, max_alpha=5)
-    assert alpha.shape == (16,) and alpha.min() >= 0 and alpha.max() <= 5
-    assert torch.equal(alpha, alpha.round())
+    q, alpha = quant.power_of_two_factors(x, bits=8)
+    assert alpha.shape == (16,) and alpha.min() >= 0 and alpha.max() <= 3
+    assert alpha[-1] > alpha[0]  # the widest channel takes a coarser step than the narrowest
     assert torch.allclose(q.scale / q.scale.min(), 2 ** (alpha - alpha.min()))
-    assert ((q(x) - x).abs() <= q.scale / 2 * (1 + 1e-5) + 1e-6).all()
+    assert q.zero_point.unique().numel() == 1
+    with pytest.raises(ValueError, match="max_alpha"):
+        quant.power_of_two_factors(x, max_alpha=-1)
 
 
 @pytest.mark.parametrize("b", [0, 17, 3.5, -2])

@@ -19,52 +19,85 @@ X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 def test_evit_keep_one_is_the_unreduced_model():
     model = _model()
     with torch.no_grad():
-        assert torch.equal(model(X, token_step=tokens.evit_step(1.0, [0, 1, 2])), model(X, token_step=lambda i, t, a: t))
+        assert torch.equal(tokens.EViT(model, 1.0, [0, 1, 2])(X), model(X))
 
 
 @pytest.mark.parametrize("fuse", [True, False])
 def test_evit_token_counts_match_the_schedule(fuse):
     model = _model()
-    step = tokens.evit_step(0.5, [1, 2], fuse=fuse)
-    entering = model.token_counts(X, step)
-    assert entering == tokens.evit_schedule(CFG.depth, 0.5, [1, 2], CFG.num_tokens, fuse=fuse)
-    assert entering == ([50, 50, 27, 15] if fuse else [50, 50, 26, 14])
+    evit = tokens.EViT(model, 0.5, [1, 2], fuse=fuse)
+    seen = []
+    hooks = [b.attn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1])) for b in model.blocks]
+    hooks += [b.mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1])) for b in model.blocks]
+    with torch.no_grad():
+        evit(X)
+    for h in hooks:
+        h.remove()
+    pairs = [(seen[2 * i], seen[2 * i + 1]) for i in range(CFG.depth)]  # each block: attention, then MLP
+    assert pairs == evit.token_counts() == tokens.evit_schedule(CFG.depth, 0.5, [1, 2], CFG.num_tokens, fuse=fuse)
+    # 49 image tokens: block 1 keeps ceil(0.5 * 49) = 25 (+ a fused one); block 2 keeps ceil(0.5 * 26) = 13 (+ 1)
+    assert pairs == ([(50, 50), (50, 27), (27, 15), (15, 15)] if fuse else [(50, 50), (50, 26), (26, 14), (14, 14)])
 
 
-def test_evit_keeps_the_class_token_and_the_most_attended_tokens():
+def test_evit_keeps_the_most_attended_tokens_and_fuses_the_rest_by_their_attention_sum():
     x = torch.randn(2, 6, 4)
     attn = torch.zeros(2, 1, 6, 6)
     attn[:, 0, 0, 1:] = torch.tensor([0.1, 0.5, 0.05, 0.3, 0.05])
-    out = tokens.evit_step(0.4, [0], fuse=False)(0, x, attn)
+    evit = tokens.EViT(_model(), 0.4, [0], fuse=False)  # keep ceil(0.4 * 5) = 2 of the 5 image tokens
+    out, _ = evit._reduce(x, attn, None)
     assert torch.equal(out[:, 0], x[:, 0])
-    assert torch.equal(out[:, 1:], x[:, [2, 4]])  # tokens 2 and 4 have the highest attention
-    fused = tokens.evit_step(0.4, [0], fuse=True)(0, x, attn)
-    w = torch.tensor([0.1, 0.05, 0.05])
-    expected = (w[None, :, None] * x[:, [1, 3, 5]]).sum(1) / w.sum()
-    assert torch.allclose(fused[:, -1], expected, atol=1e-6)
+    assert torch.equal(out[:, 1:], x[:, [2, 4]])  # tokens 2 and 4 have the highest attention, most attended first
+    evit.fuse = True
+    fused, _ = evit._reduce(x, attn, None)
+    expected = 0.1 * x[:, 1] + 0.05 * x[:, 3] + 0.05 * x[:, 5]  # sum_i a_i x_i, not divided by sum_i a_i
+    assert torch.allclose(fused[:, -1], expected, atol=1e-6) and fused.shape[1] == 4
+
+
+def test_evit_reduces_between_attention_and_mlp():
+    model = _model()
+    evit = tokens.EViT(model, 0.25, [0])
+    with torch.no_grad():  # by hand: block 0's attention and residual, the reduction, then its MLP, then the rest
+        x = model.embed(X)
+        block = model.blocks[0]
+        y, attn = block.attn(block.norm1(x), True)
+        x = x + y
+        score = attn[:, :, 0, 1:].mean(1)
+        n_keep = 13  # ceil(0.25 * 49)
+        order = score.argsort(1, descending=True)
+        top, rest = order[:, :n_keep], order[:, n_keep:]
+        img = x[:, 1:]
+        kept = torch.stack([img[b, top[b]] for b in range(len(x))])
+        fused = torch.stack([(score[b, rest[b], None] * img[b, rest[b]]).sum(0) for b in range(len(x))])
+        x = torch.cat([x[:, :1], kept, fused[:, None]], dim=1)
+        x = x + block.mlp(block.norm2(x))
+        for later in model.blocks[1:]:
+            x = later(x)[0]
+        torch.testing.assert_close(evit.forward_features(X), model.norm(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("keep", [0.0, -0.5, 1.5])
 def test_invalid_keep_rates(keep):
     with pytest.raises(ValueError, match=r"keep rate must be in \(0, 1\]"):
-        tokens.evit_step(keep, [0])
+        tokens.EViT(_model(), keep, [0])
 
 
 def test_evit_macs_formula_matches_fvcore():
-    model, step = _model(), tokens.evit_step(0.5, [1, 2])
-
-    class Reduced(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = model
-
-        def forward(self, x):
-            return self.vit(x, token_step=step)
-
-    entering = model.token_counts(X[:1], step)
-    counted = measure.count_macs(Reduced(), X[:1]).total
+    evit = tokens.EViT(_model(), 0.5, [1, 2])
+    pairs = evit.token_counts()
+    counted = measure.count_macs(evit, X[:1]).total
+    formula = counts.vit_macs(evit.vit, tokens=[a for a, _ in pairs], mlp_tokens=[m for _, m in pairs])["total"]
     # fvcore also counts the few multiplications of the fusion; the formula leaves them out
-    assert abs(counted - counts.vit_macs(model, tokens=entering)["total"]) / counted < 0.01
+    assert abs(counted - formula) / counted < 0.01
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_evit_sources(fuse):
+    evit = tokens.EViT(_model(), 0.5, [1], fuse=fuse)
+    last = evit.sources(X)
+    assert last.shape[1] == evit.token_counts()[-1][1]
+    assert (last.sum(1) <= 1).all()  # no input token in two tokens
+    assert bool((last.sum(1) == 1).all()) == fuse  # with fusion nothing is lost; without, dropped tokens are gone
+    assert last[:, 0, 0].all() and (last[:, 0].sum(-1) == 1).all()
 
 
 def test_tome_r_zero_is_the_unreduced_model():
@@ -198,14 +231,11 @@ def test_tome_sources_partition_the_input_tokens():
         assert torch.equal(tome(X), tome.vit.forward_head(tome._run(X, track=True)[0]))
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_step_sources_follow_evit(fuse):
+def test_step_sources_follow_a_token_schedule():
     model = _model()
-    step = tokens.evit_step(0.5, [1], fuse=fuse)
+    step = tokens.schedule_step([50, 50, 30, 30])  # keep the first 30 tokens after block 1
     after = tokens.step_sources(model, X, step)
-    assert [m.shape[1] for m in after[:1]] == [CFG.num_tokens]
+    assert [m.shape[1] for m in after] == [50, 30, 30, 30]
     last = after[-1]
-    assert last.shape[1] == model.token_counts(X, step)[-1]
-    assert (last.sum(1) <= 1).all()  # no input token in two tokens
-    assert (last.sum(1) == 1).all() == fuse  # with fusion nothing is lost; without, dropped tokens are gone
-    assert last[:, 0, 0].all()
+    assert (last.sum(1) <= 1).all() and last[:, 0, 0].all()
+    assert torch.equal(last[0], torch.eye(50, dtype=torch.bool)[:30])  # each kept token is itself

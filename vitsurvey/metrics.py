@@ -501,6 +501,7 @@ def efficient_error_rate(
     error: str = "error",
     error_weight: float = 1.0,
     reference: str | object | Mapping[str, float] = "max",
+    form: str = "arithmetic",
 ) -> pd.Series:
     r"""The Efficient Error Rate (EER) after S2's description; lower is better.
 
@@ -512,7 +513,7 @@ def efficient_error_rate(
     .. math:: \mathrm{EER}(m) = \frac{\sum_k w_k\, x_k(m)/x_k^{\mathrm{ref}} + w_e\, e(m)/e^{\mathrm{ref}}}
                                        {\sum_k w_k + w_e}
 
-    a weighted mean of ratios to a reference: ``costs`` maps each cost column to its weight
+    a weighted (arithmetic) mean of ratios to a reference: ``costs`` maps each cost column to its weight
     :math:`w_k`, ``error`` names the error column (in % or as a fraction) with weight ``error_weight``.
     ``reference`` is ``"max"`` (each column's largest value in the table), ``"min"``, the index label
     of a reference row (e.g. the uncompressed baseline, whose EER is then exactly 1), or a mapping of
@@ -521,7 +522,17 @@ def efficient_error_rate(
     Why a weighted mean of ratios: it never improves when a cost or the error grows (weights are
     non-negative), and dividing each column by a reference of the same units makes it independent of
     units (GMACs or MACs, MB or bytes), so rankings do not change with them.
+
+    ``form="geometric"``: the weighted geometric mean of the same ratios,
+
+    .. math:: \mathrm{EER}_g(m) = \prod_k \bigl(x_k(m)/x_k^{\mathrm{ref}}\bigr)^{w_k / \sum_j w_j},
+
+    whose logarithm is a weighted sum of log x_k(m) minus a constant that only the reference sets: the ranking it
+    gives does not depend on the reference at all (the arithmetic form's ranking does), and halving a cost counts
+    the same whatever the cost's size. It needs every value positive.
     """
+    if form not in ("arithmetic", "geometric"):
+        raise ValueError(f"form is 'arithmetic' or 'geometric', not {form!r}.")
     weights = {**costs, error: error_weight}
     if any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"EER weights must be finite, non-negative and not all zero, got {weights}.")
@@ -550,4 +561,10 @@ def efficient_error_rate(
         raise ValueError(f"EER reference is zero for {zero}: ratios to it are undefined; choose another reference.")
     ratios = values / ref
     w = pd.Series(weights)
+    if form == "geometric":
+        used = [c for c in columns if weights[c] > 0]
+        if (values[used] <= 0).any().any():
+            raise ValueError(f"The geometric EER needs every weighted value positive (a zero has no logarithm); "
+                             f"{used} hold zeros. Use form='arithmetic' or drop the column.")
+        return np.exp((np.log(ratios[used]) * w[used]).sum(axis=1, min_count=len(used)) / w.sum())
     return (ratios * w).sum(axis=1, min_count=len(columns)) / w.sum()

@@ -73,6 +73,7 @@ def vit_macs(
     vit: ViTConfig | nn.Module,
     tokens: int | Sequence[int] | None = None,
     merges: Sequence[int] | None = None,
+    mlp_tokens: Sequence[int] | None = None,
 ) -> dict[str, int]:
     """MACs of one image through a plain ViT, per component.
 
@@ -83,7 +84,9 @@ def vit_macs(
     the patches. ``merges`` (ToMe) is the number of tokens merged inside each block, between
     attention and MLP: that block's MLP and second LayerNorm then see ``tokens - merges`` tokens, and the
     bipartite matching costs ceil(N/2) * floor(N/2) * d MACs (cosine similarities of the head-averaged
-    keys, d the head width). The final LayerNorm sees what the last block outputs.
+    keys, d the head width). ``mlp_tokens`` (EViT) is the number of tokens entering each block's MLP where a
+    block keeps some of its tokens between attention and MLP without matching them. The final LayerNorm sees
+    what the last block outputs.
 
     A mixer other than softmax attention (``cfg.mixer``) replaces the four attention terms by its own
     (:func:`vitsurvey.models.mixers.macs`); such a model has a fixed token count, so ``tokens`` and ``merges``
@@ -95,7 +98,7 @@ def vit_macs(
     cfg = vit if isinstance(vit, ViTConfig) else vit.cfg  # type: ignore[union-attr]
     D, L = cfg.embed_dim, cfg.depth
     if cfg.mixer != "attention":
-        if tokens is not None or merges is not None:
+        if tokens is not None or merges is not None or mlp_tokens is not None:
             raise ValueError(f"The {cfg.mixer!r} mixer is built for a fixed token count: token reduction needs "
                              "softmax attention, so leave tokens and merges unset.")
         out = dict.fromkeys(mixers.macs(cfg), 0)
@@ -117,15 +120,23 @@ def vit_macs(
     prefix = getattr(vit, "num_prefix_tokens", cfg.num_prefix_tokens)
     default = cfg.num_patches + prefix
     counts = [default] * L if tokens is None else [tokens] * L if isinstance(tokens, int) else list(tokens)
+    if merges is not None and mlp_tokens is not None:
+        raise ValueError("Give merges (ToMe) or mlp_tokens (EViT), not both: each says how many tokens reach the MLP.")
     merged = [0] * L if merges is None else list(merges)
+    if mlp_tokens is not None:
+        merged = [n - m for n, m in zip(counts, mlp_tokens)] if len(list(mlp_tokens)) == len(counts) else []
+        if any(not 1 <= m <= n for n, m in zip(counts, mlp_tokens)):
+            raise ValueError(f"mlp_tokens {list(mlp_tokens)}: each block's MLP sees 1 to the tokens that entered it "
+                             f"({counts}).")
     if len(counts) != L or len(merged) != L:
-        raise ValueError(f"tokens and merges need one count per block ({L} blocks); "
+        raise ValueError(f"tokens and merges (or mlp_tokens) need one count per block ({L} blocks); "
                          f"got {len(counts)} and {len(merged)}.")
     out = dict.fromkeys(["qkv", "attn_scores", "attn_values", "attn_proj", "mlp", "layer_norm"], 0)
-    if any(merged):
+    matching = merges is not None and any(merged)
+    if matching:
         out["token_matching"] = 0
     for N, r, (inner, hidden, heads) in zip(counts, merged, shapes):
-        if not 0 <= r <= (N - 1) // 2:
+        if matching and not 0 <= r <= (N - 1) // 2:
             raise ValueError(f"{r} merges in a block of {N} tokens: ToMe can merge 0 to {(N - 1) // 2}.")
         out["qkv"] += N * D * 3 * inner
         out["attn_scores"] += N * N * inner  # Q K^T over all heads: h * N^2 * d
@@ -133,7 +144,7 @@ def vit_macs(
         out["attn_proj"] += N * inner * D
         out["mlp"] += 2 * (N - r) * D * hidden
         out["layer_norm"] += 5 * N * D + 5 * (N - r) * D
-        if r:
+        if matching and r:
             out["token_matching"] += ((N + 1) // 2) * (N // 2) * (inner // heads)
     out["layer_norm"] += 5 * D * ((counts[-1] - merged[-1]) if cfg.global_pool == "token" else 1)  # the final norm
     heads = 2 if getattr(vit, "head_dist", None) is not None else 1  # DeiT's distillation head

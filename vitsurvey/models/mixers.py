@@ -142,17 +142,33 @@ class _QKVMixer(TokenMixer):
 class WindowAttention(_QKVMixer):
     """Softmax attention inside non-overlapping ``window`` x ``window`` blocks of the token grid (Swin).
 
-    With ``shift``, the grid is rolled by half a window first and back afterwards, so the windows of
-    consecutive blocks overlap and information crosses window borders. Our design, simpler than Swin:
-    the roll is cyclic with no mask, so a shifted window at the border joins tokens from opposite
-    edges; there is no relative position bias (the ViT's learned position embedding stays); MACs are
-    the same either way.
+    With ``shift`` (every second block, as Swin alternates), the grid is rolled by half a window first and back
+    afterwards, so the windows of consecutive blocks overlap and information crosses window borders. As in Swin, a
+    shifted window at the grid's border holds tokens from opposite edges of the image, and a mask keeps them apart:
+    a token attends only to the tokens of its window that were neighbours before the roll (:meth:`shift_mask`).
+    Unlike Swin, there is no relative position bias (the ViT's learned position embedding stays); MACs are the same
+    either way.
     """
 
     def __init__(self, dim: int, num_heads: int, grid: int, window: int, shift: bool) -> None:
         super().__init__(dim, num_heads)
         self.grid, self.window = grid, window
         self.shift = window // 2 if shift and window < grid else 0
+        if self.shift:
+            self.register_buffer("mask", self.shift_mask(grid, window, self.shift), persistent=False)
+
+    @staticmethod
+    def shift_mask(grid: int, window: int, shift: int) -> Tensor:
+        """(windows, window^2, window^2) bool: which tokens of a window, after the grid is rolled by ``-shift``, may
+        attend to each other. Rolling cuts each axis into three bands, [0, grid - window), [grid - window, grid -
+        shift) and [grid - shift, grid); only the last band came from the opposite edge, so tokens may attend to each
+        other where they lie in the same band along both axes (Swin's region labels)."""
+        band = torch.zeros(grid, dtype=torch.long)
+        band[grid - window:] = 1
+        band[grid - shift:] = 2
+        region = (band[:, None] * 3 + band[None, :]).reshape(grid // window, window, grid // window, window)
+        labels = region.permute(0, 2, 1, 3).reshape(-1, window * window)  # (windows, tokens of a window)
+        return labels[:, :, None] == labels[:, None, :]
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
@@ -162,7 +178,8 @@ class WindowAttention(_QKVMixer):
             x = torch.roll(x, (-self.shift, -self.shift), dims=(1, 2))
         w = x.reshape(B, g // m, m, g // m, m, D).permute(0, 1, 3, 2, 4, 5).reshape(-1, m * m, D)
         q, k, v = self.heads(w)
-        out = self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        mask = self.mask.repeat(B, 1, 1)[:, None] if self.shift else None  # windows in the order of w
+        out = self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
         out = out.reshape(B, g // m, g // m, m, m, D).permute(0, 1, 3, 2, 4, 5).reshape(B, g, g, D)
         if self.shift:
             out = torch.roll(out, (self.shift, self.shift), dims=(1, 2))
@@ -211,10 +228,14 @@ class LinearAttention(_QKVMixer):
     an estimate of softmax attention. ``features = m > 0``: positive orthogonal random features
     (Performer's FAVOR+, Choromanski et al., 2021), phi(x) = exp(w^T x - |x|^2 / 2) / sqrt(m) on
     x = q / d^(1/4), whose dot products estimate exp(q.k / sqrt(d)), so the layer approximates the
-    softmax attention with the same weights, better as m grows. The projection is a fixed,
+    softmax attention with the same weights, better as m grows. Each feature carries Performer's ``eps = 1e-4``
+    after the largest projection is subtracted (:meth:`feature_map`). The projection is a fixed,
     seeded buffer (not saved in the state dict, so a trained attention's weights load unchanged);
     Performer redraws it during training, ours does not.
     """
+
+    eps: float = 1e-4
+    """Added to every random feature, as Performer's ``softmax_kernel`` does (0 for none)."""
 
     def __init__(self, dim: int, num_heads: int, features: int, seed: int = 0) -> None:
         super().__init__(dim, num_heads)
@@ -227,11 +248,13 @@ class LinearAttention(_QKVMixer):
         if not self.features:
             return F.elu(x) + 1
         x = x * self.head_dim**-0.25
-        logits = x @ self.omega - (x * x).sum(-1, keepdim=True) / 2
-        # Subtracting a constant per query (or one per head for the keys) cancels in the ratio below
-        # and keeps exp() finite.
-        shift = logits.amax(-1, keepdim=True) if is_query else logits.amax((-2, -1), keepdim=True)
-        return torch.exp(logits - shift.detach()) / math.sqrt(self.features)
+        projected = x @ self.omega
+        # As Performer's code: subtract the largest projection per query (one per head for the keys), which keeps
+        # exp() finite, then add eps to every feature, which keeps the normaliser away from 0 where a query's
+        # features all underflow. Without eps the shift would cancel in the ratio; with it, it sets eps's scale.
+        shift = projected.amax(-1, keepdim=True) if is_query else projected.amax((-2, -1), keepdim=True)
+        logits = projected - (x * x).sum(-1, keepdim=True) / 2 - shift.detach()
+        return (torch.exp(logits) + self.eps) / math.sqrt(self.features)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.heads(x)

@@ -4,7 +4,10 @@ Three objectives, each a :data:`~vitsurvey.train.Loss` for :func:`vitsurvey.trai
 runs through the one loop:
 
 * **soft** (Hinton et al., 2015): ``(1 - alpha) CE(s, y) + alpha tau^2 KL(softmax(t / tau) || softmax(s / tau))``;
-  the ``tau^2`` keeps the distillation gradient's size independent of ``tau`` (notebook 07 derives it);
+  the ``tau^2`` keeps the distillation gradient's size independent of ``tau`` (notebook 07 derives it). As DeiT's
+  code computes it, the KL summed over images and classes is divided by images x classes (``reduction="deit"``);
+  Hinton's per-image KL (``"batchmean"``, divided by the images only) weighs the teacher term C times more at the
+  same alpha, for C classes;
 * **hard** (DeiT, Touvron et al., ICML 2021): ``(1 - alpha) CE(s, y) + alpha CE(s, argmax t)``, with
   DeiT's ``alpha = 1/2``;
 * **distillation token** (DeiT): :class:`DistilledViT` carries a second token with its own head; the
@@ -26,9 +29,12 @@ from torch import Tensor, nn
 from ..models import ViTConfig, VisionTransformer, require_plain
 from ..profiles import LABEL_SMOOTHING
 
-__all__ = ["Distillation", "DistilledViT", "KINDS", "hard_loss", "soft_loss"]
+__all__ = ["Distillation", "DistilledViT", "KINDS", "SOFT_REDUCTIONS", "hard_loss", "soft_loss"]
 
 KINDS = ("soft", "hard")
+SOFT_REDUCTIONS = ("deit", "batchmean")
+"""How the soft term's KL, summed over images and classes, is divided: by images x classes (``deit``, as DeiT's
+``losses.py`` divides by ``outputs.numel()``) or by images (``batchmean``, the per-image KL of Hinton et al.)."""
 
 
 def _check_tau(tau: float) -> None:
@@ -41,12 +47,17 @@ def _at_least_fp32(logits: Tensor) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-def soft_loss(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
-    """``tau^2 KL(p_t || p_s)`` with ``p = softmax(logits / tau)``, averaged over the batch."""
+def soft_loss(student: Tensor, teacher: Tensor, tau: float = 1.0, reduction: str = "deit") -> Tensor:
+    """``tau^2 KL(p_t || p_s)`` with ``p = softmax(logits / tau)``, summed over the batch and the classes and divided by
+    batch x classes (``reduction="deit"``, DeiT's code) or by the batch (``"batchmean"``, one image's KL on average:
+    C times larger)."""
     _check_tau(tau)
+    if reduction not in SOFT_REDUCTIONS:
+        raise ValueError(f"Unknown reduction {reduction!r} of the soft loss; use one of {', '.join(SOFT_REDUCTIONS)}.")
     log_p_s = F.log_softmax(_at_least_fp32(student) / tau, dim=-1)
     log_p_t = F.log_softmax(_at_least_fp32(teacher) / tau, dim=-1)
-    return tau**2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    total = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
+    return tau**2 * total / (student.numel() if reduction == "deit" else student.shape[0])
 
 
 def hard_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -70,6 +81,8 @@ class Distillation:
     """Weight of the teacher term; ``1 - alpha`` goes to the labels."""
     tau: float = 1.0
     """Temperature of the soft loss (unused by the hard loss)."""
+    reduction: str = "deit"
+    """How the soft loss is averaged (:data:`SOFT_REDUCTIONS`): DeiT's, over images and classes, by default."""
     label_smoothing: float = LABEL_SMOOTHING
     """Of the label term, as :func:`vitsurvey.train.label_loss` and DeiT's base criterion."""
 
@@ -81,6 +94,8 @@ class Distillation:
                 f"alpha weighs the teacher term against the labels and must be in [0, 1], got {self.alpha}."
             )
         _check_tau(self.tau)
+        if self.reduction not in SOFT_REDUCTIONS:
+            raise ValueError(f"Unknown reduction {self.reduction!r}; use one of {', '.join(SOFT_REDUCTIONS)}.")
 
     @torch.no_grad()
     def teacher_logits(self, images: Tensor) -> Tensor:
@@ -97,7 +112,7 @@ class Distillation:
                 f"The teacher predicts {teacher.shape[-1]} classes and the student {dist_out.shape[-1]}; "
                 "distil from a teacher trained on the student's classes."
             )
-        kd = soft_loss(dist_out, teacher, self.tau) if self.kind == "soft" else hard_loss(dist_out, teacher)
+        kd = soft_loss(dist_out, teacher, self.tau, self.reduction) if self.kind == "soft" else hard_loss(dist_out, teacher)
         label = F.cross_entropy(cls_out.float(), labels, label_smoothing=self.label_smoothing)
         return (1 - self.alpha) * label + self.alpha * kd
 

@@ -16,7 +16,8 @@ ViT-specific quantizers, for the distributions that uniform quantizers serve bad
   uniform ranges, a fine one for the many small values and a coarse one (its step a power-of-two multiple of the fine one) for the few
   large ones.
 * :func:`power_of_two_factors` for LayerNorm inputs, whose channels can differ widely in range
-  (FQ-ViT's power-of-two factor): one layer-wide scale times a per-channel 2^alpha.
+  (FQ-ViT's power-of-two factor): one layer-wide scale and zero point, times a per-channel 2^alpha chosen by
+  the smallest squared error, as FQ-ViT's code does.
 """
 
 from __future__ import annotations
@@ -245,27 +246,36 @@ class TwinUniform:
         return best
 
 
-def power_of_two_factors(x: Tensor, bits: int = 8, max_alpha: int = 4) -> tuple[UniformQuantizer, Tensor]:
-    """FQ-ViT's power-of-two factor for LayerNorm inputs ``x`` of shape (..., channels).
+def power_of_two_factors(x: Tensor, bits: int = 8, max_alpha: int = 3) -> tuple[UniformQuantizer, Tensor]:
+    """FQ-ViT's power-of-two factor for LayerNorm inputs ``x`` of shape (..., channels), as its reference code
+    (``PtfObserver``) computes it.
 
-    One layer-wide base scale ``s`` (the widest channel's step divided by 2^max_alpha); channel c uses
-    ``s * 2^alpha_c``, alpha_c in 0..max_alpha the smallest power that covers its range. Integer hardware
-    applies 2^alpha_c as a bit shift, so the layer keeps a single scale while wide channels are not clipped
-    and narrow ones keep fine steps.
-    Returns the per-channel quantizer (scales ``s * 2^alpha``, asymmetric) and ``alpha``.
+    The layer's range [min, max] over every channel gives the coarsest step ``s_max = (max - min) / (q_max - q_min)``
+    and one zero point for the whole layer, ``z = clamp(q_min - round(min / s_max))``. Channel c uses the step
+    ``s_max / 2^max_alpha * 2^alpha_c`` with the same zero point, alpha_c in 0..max_alpha (FQ-ViT: 0..3) the one
+    whose quantization of that channel has the smallest mean squared error (the smallest alpha on a tie). Integer
+    hardware applies 2^alpha_c as a bit shift, so the layer keeps one scale and one zero point, while wide channels
+    take coarse steps and narrow ones fine steps.
+    Returns the per-channel quantizer (scales ``s_max / 2^max_alpha * 2^alpha``, one zero point) and ``alpha``.
     """
     _check_bits(bits)
     _check_data(x)
+    if not (isinstance(max_alpha, int) and max_alpha >= 0):
+        raise ValueError(f"max_alpha is the largest power of two of a channel's factor, a whole number >= 0, "
+                         f"not {max_alpha!r}.")
     flat = x.detach().float().reshape(-1, x.shape[-1])
-    lo, hi = flat.min(0).values, flat.max(0).values
-    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
     qmin, qmax = qrange(bits, signed=False)
-    need = torch.clamp((hi - lo) / (qmax - qmin), min=torch.finfo(torch.float32).tiny)
-    base = need.max() / 2**max_alpha
-    alpha = torch.clamp(torch.ceil(torch.log2(need / base)), 0, max_alpha)
-    scale = base * 2**alpha
-    zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
-    return UniformQuantizer(scale, zero, bits, signed=False, axis=-1), alpha
+    coarsest = torch.clamp((flat.max() - flat.min()) / (qmax - qmin), min=torch.finfo(torch.float32).tiny)
+    zero = torch.clamp(qmin - torch.round(flat.min() / coarsest), qmin, qmax)
+    finest = coarsest / 2**max_alpha
+    errors = []
+    for alpha in range(max_alpha + 1):
+        step = finest * 2**alpha
+        x_hat = (torch.clamp(torch.round(flat / step) + zero, qmin, qmax) - zero) * step
+        errors.append((x_hat - flat).pow(2).mean(0))
+    alpha = torch.stack(errors).argmin(0).float()  # argmin returns the first minimum: the smallest alpha on a tie
+    scale = finest * 2**alpha
+    return UniformQuantizer(scale, zero.expand_as(scale).clone(), bits, signed=False, axis=-1), alpha
 
 
 # --------------------------------------------------------------------------- a fake-quantized ViT

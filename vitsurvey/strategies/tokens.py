@@ -4,9 +4,9 @@ A block's cost is linear in the token count N for its projections and MLP, and q
 (notebook 01), so keeping a fraction k of the tokens after block l saves roughly (1 - k) of the linear
 cost of every later block. Three methods, all on :class:`~vitsurvey.models.VisionTransformer`:
 
-* :func:`evit_step` -- EViT-style attentive dropping: keep the image tokens the class token attends to
-  most, and fuse the rest into one token (their attention-weighted mean). Our design applies it between
-  blocks, using the attention of the block just run (EViT itself acts between attention and MLP).
+* :class:`EViT` -- attentive dropping: inside a block, between attention and MLP, keep the image tokens the
+  class token attends to most and fuse the rest into one token (their attention-weighted sum), after Liang et al.
+  (ICLR 2022) and as their code computes it.
 * :class:`ToMe` -- token merging by bipartite soft matching inside each block (between attention and
   MLP), with proportional attention, after Bolya et al. (ICLR 2023).
 * :func:`patch_slimming` -- Patch Slimming (S5) as its description reads: nested keep sets found top-down
@@ -32,7 +32,7 @@ from ..models import TokenStep, VisionTransformer, require_plain
 from ..models.layers import merge_heads, split_qkv
 
 __all__ = [
-    "SlimmingResult", "ToMe", "WithTokenStep", "bipartite_merge", "evit_schedule", "evit_step", "patch_significance",
+    "EViT", "SlimmingResult", "ToMe", "WithTokenStep", "bipartite_merge", "evit_schedule", "patch_significance",
     "patch_slimming", "schedule_step", "step_sources", "tome_schedule",
 ]
 
@@ -74,7 +74,7 @@ def schedule_step(counts: Sequence[int]) -> TokenStep:
 @torch.no_grad()
 def step_sources(vit: VisionTransformer, x: Tensor, step: TokenStep) -> list[Tensor]:
     """Which input tokens each token stands for after every block, under a token step that keeps tokens
-    by gathering them (EViT, Patch Slimming) and may add one fused token.
+    by gathering them (Patch Slimming, :func:`schedule_step`) and may add one fused token.
 
     Returns one (B, tokens, input tokens) bool tensor per block. A kept token is an exact copy of a
     token that entered the step, so it is found by equality; a token that matches none is the fused
@@ -96,51 +96,104 @@ def step_sources(vit: VisionTransformer, x: Tensor, step: TokenStep) -> list[Ten
     return member[1:]
 
 
-# --------------------------------------------------------------------------- EViT-style
+# --------------------------------------------------------------------------- EViT
 
 
-def evit_step(keep: float, blocks: Sequence[int], fuse: bool = True) -> TokenStep:
-    """A token step that, after each block in ``blocks``, keeps ``ceil(keep * image tokens)`` of the image
-    tokens with the highest class-token attention (mean over heads) and, with ``fuse``, merges the
-    others into one token weighted by that attention. ``keep=1`` changes nothing."""
-    _check_keep(keep)
-    chosen = set(blocks)
-    if not all(is_whole(b, minimum=0) for b in chosen):
-        raise ValueError(f"blocks must be block indices (whole numbers >= 0), not {sorted(chosen, key=str)}.")
+def _kept_count(keep: float, image_tokens: int) -> int:
+    """EViT's count of image tokens kept: ceil(keep * image tokens), at least one."""
+    return max(1, math.ceil(keep * image_tokens))
 
-    def step(i: int, x: Tensor, attn: Tensor) -> Tensor:
-        if i not in chosen or keep == 1:
-            return x
+
+class EViT(nn.Module):
+    """A ViT that keeps the attentive tokens and fuses the rest (EViT, Liang et al., ICLR 2022), sharing the weights
+    of ``vit``; as EViT's reference code computes it.
+
+    In each block of ``blocks``: attention and its residual; then the class token's attention to each image token,
+    averaged over the heads, ranks them; the ``ceil(keep * image tokens)`` it attends to most are kept (most attended
+    first), and with ``fuse`` the others become one token, ``sum_i a_i x_i`` over them with their attention ``a_i``
+    (a sum, not a mean: the weights are the class token's attention, so the fused token is as large as the share of
+    attention it took), appended after the kept ones; then the MLP runs on the reduced set. A fused token is an
+    image token for later reductions. ``keep=1`` is the unchanged model.
+    """
+
+    def __init__(self, vit: VisionTransformer, keep: float, blocks: Sequence[int], fuse: bool = True) -> None:
+        super().__init__()
+        require_plain(vit, "EViT")
+        _check_keep(keep)
+        chosen = sorted(set(blocks))
+        if not all(is_whole(b, minimum=0) for b in chosen):
+            raise ValueError(f"blocks must be block indices (whole numbers >= 0), not {chosen}.")
+        outside = [b for b in chosen if b >= vit.cfg.depth]
+        if outside:
+            raise ValueError(f"EViT reduces in blocks {outside}, but the model has blocks 0 to {vit.cfg.depth - 1}: "
+                             "choose blocks inside it.")
+        self.vit, self.keep, self.blocks, self.fuse = vit, keep, tuple(chosen), fuse
+
+    def token_counts(self) -> list[tuple[int, int]]:
+        """(tokens entering the attention, tokens entering the MLP) of each block."""
+        return evit_schedule(self.vit.cfg.depth, self.keep, self.blocks, self.vit.cfg.num_tokens, self.fuse)
+
+    def _reduce(self, x: Tensor, attn: Tensor, src: Tensor | None) -> tuple[Tensor, Tensor | None]:
         B, N, D = x.shape
-        n_img = N - 1
-        n_keep = max(1, math.ceil(keep * n_img))
-        if n_keep >= n_img:
-            return x
-        score = attn[:, :, 0, 1:].mean(dim=1)  # (B, N - 1): class-token attention to each image token
-        order = score.argsort(dim=1, descending=True)
-        top, rest = order[:, :n_keep], order[:, n_keep:]
-        kept = x[:, 1:].gather(1, top[..., None].expand(-1, -1, D))
-        parts = [x[:, :1], kept]
-        if fuse:
-            w = score.gather(1, rest)
-            dropped = x[:, 1:].gather(1, rest[..., None].expand(-1, -1, D))
-            parts.append((w[..., None] * dropped).sum(1, keepdim=True) / w.sum(1, keepdim=True)[..., None])
-        return torch.cat(parts, dim=1)
+        n_keep = _kept_count(self.keep, N - 1)
+        if n_keep >= N - 1:
+            return x, src
+        score = attn[:, :, 0, 1:].mean(dim=1)  # (B, N - 1): the class token's attention, mean over heads
+        top = score.topk(n_keep, dim=1).indices  # most attended first
+        rest = score.scatter(1, top, -math.inf).argsort(dim=1, descending=True)[:, : N - 1 - n_keep]
 
-    step.blocks = tuple(sorted(chosen))  # type: ignore[attr-defined]  # read by WithTokenStep to check them
-    return step
+        def take(t: Tensor, idx: Tensor) -> Tensor:
+            return t[:, 1:].gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+
+        parts = [x[:, :1], take(x, top)]
+        if self.fuse:
+            parts.append((score.gather(1, rest)[..., None] * take(x, rest)).sum(1, keepdim=True))
+        if src is not None:  # which input tokens each token stands for
+            src_parts = [src[:, :1], take(src, top)] + ([take(src, rest).amax(1, keepdim=True)] if self.fuse else [])
+            src = torch.cat(src_parts, dim=1)
+        return torch.cat(parts, dim=1), src
+
+    def _run(self, x: Tensor, track: bool) -> tuple[Tensor, Tensor | None]:
+        vit = self.vit
+        x = vit.embed(x)
+        src = torch.eye(x.shape[1], device=x.device).expand(x.shape[0], -1, -1) if track else None
+        for i, block in enumerate(vit.blocks):
+            if i not in self.blocks or self.keep == 1:
+                x = block(x)[0]
+                continue
+            y, attn = block.attn(block.norm1(x), True)
+            x, src = self._reduce(x + y, attn, src)
+            x = x + block.mlp(block.norm2(x))
+        return vit.norm(x), src
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self._run(x, track=False)[0]
+
+    @torch.no_grad()
+    def sources(self, x: Tensor) -> Tensor:
+        """(B, final tokens, input tokens) bool: which input tokens (0 is the class token) each token that leaves the
+        last block stands for (a fused token: every token fused into it); dropped tokens without ``fuse`` are in none."""
+        src = self._run(x, track=True)[1]
+        assert src is not None
+        return src > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit.forward_head(self.forward_features(x))
 
 
-def evit_schedule(depth: int, keep: float, blocks: Sequence[int], n_tokens: int, fuse: bool = True) -> list[int]:
-    """Tokens entering each block under :func:`evit_step` (for the MAC formula)."""
+def evit_schedule(depth: int, keep: float, blocks: Sequence[int], n_tokens: int,
+                  fuse: bool = True) -> list[tuple[int, int]]:
+    """(tokens entering the attention, tokens entering the MLP) of each block under :class:`EViT` (for the MAC
+    formula): a reducing block's attention sees all its tokens, its MLP only the kept ones and the fused one."""
     _check_keep(keep)
     counts, n = [], n_tokens
     for i in range(depth):
-        counts.append(n)
+        before = n
         if i in set(blocks) and keep < 1:
-            n_keep = max(1, math.ceil(keep * (n - 1)))
+            n_keep = _kept_count(keep, n - 1)
             if n_keep < n - 1:
                 n = 1 + n_keep + int(fuse)
+        counts.append((before, n))
     return counts
 
 

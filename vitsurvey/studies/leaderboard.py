@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,24 +226,42 @@ def measure_models(
 
 def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts: Sequence[str],
                base: str) -> dict[str, float | bool]:
-    """Do the gains of a stack add up? Its measured speed-up over ``base`` against the product of its ``parts``'
-    speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1 change against the
-    sum of theirs.
+    """Do the gains of a stack add up? Its measured speed-up over ``base`` against two predictions from its
+    ``parts``' speed-ups (each part measured alone on ``base``, all in the same timing run), and its top-1 change
+    against the sum of theirs.
 
-    ``predicted_speedup`` is the product of the parts' median speed-ups. Whether the stack matches it is read round by
-    round: in each round the stack's ratio to ``base`` is divided by the product of the parts' ratios in that same
-    round, so the parts' noise counts as well as the stack's; ``vs_product`` is the median of that quotient with its
-    95% interval (``vs_product_low``, ``vs_product_high``), and ``adds_up_speed`` says whether the interval holds 1.
+    Part p alone runs ``base`` at speed-up S_p, so it removes the share f_p = 1 - 1/S_p of the base's time.
+    * **Product** (``predicted_speedup``): when each step scales all the work that remains (pruning, token merging),
+      the stack's time is T * prod_p (1 - f_p), so S = prod_p S_p.
+    * **Amdahl** (``predicted_amdahl``): when each step speeds only its own part of the work and the parts do not
+      overlap (int8 speeds the linear layers; a step that thins attention speeds the rest), the shares saved add:
+      S = 1 / (1 - sum_p f_p), infinite where they reach 1 (then NaN here).
+    Whether the stack matches a prediction is read round by round: in each round the stack's ratio to ``base`` is
+    divided by that round's prediction from the parts' ratios, so the parts' noise counts as well as the stack's;
+    ``vs_product`` and ``vs_amdahl`` are the medians of those quotients with their 95% intervals (``_low``,
+    ``_high``); ``adds_up_speed`` and ``adds_up_amdahl`` say whether the interval holds 1.
     ``adds_up_top1``: the predicted top-1 lies within two standard errors of the measured one."""
     for name in (stack, base, *parts):
         if name not in board.index:
             raise KeyError(f"{name!r} is not on the board: {list(board.index)}.")
-    predicted_speed = float(np.prod([timings.ratio(p, base).median for p in parts]))
+    speedups = [timings.ratio(p, base).median for p in parts]
+    predicted_speed = float(np.prod(speedups))
+    saved = sum(1.0 - 1.0 / s for s in speedups)
+    predicted_amdahl = 1.0 / (1.0 - saved) if saved < 1 else math.nan
     measured = timings.ratio(stack, base)
-    per_round = [timings.rates[stack][k] / timings.rates[base][k]
-                 / float(np.prod([timings.rates[p][k] / timings.rates[base][k] for p in parts]))
-                 for k in range(timings.rounds)]
-    quotient = metrics.Interval.of(per_round, timings.level, timings.resolution)
+    product_rounds, amdahl_rounds = [], []
+    for k in range(timings.rounds):
+        stack_k = timings.rates[stack][k] / timings.rates[base][k]
+        part_k = [timings.rates[p][k] / timings.rates[base][k] for p in parts]
+        product_rounds.append(stack_k / float(np.prod(part_k)))
+        saved_k = sum(1.0 - 1.0 / r for r in part_k)
+        amdahl_rounds.append(stack_k * (1.0 - saved_k) if saved_k < 1 else math.nan)
+    quotient = metrics.Interval.of(product_rounds, timings.level, timings.resolution)
+    if all(math.isfinite(q) for q in amdahl_rounds):
+        amdahl = metrics.Interval.of(amdahl_rounds, timings.level, timings.resolution)
+        vs_amdahl = (amdahl.median, amdahl.low, amdahl.high, not amdahl.excludes(1.0))
+    else:
+        vs_amdahl = (math.nan, math.nan, math.nan, False)
     top1_base = float(board.loc[base, "top1"])
     predicted_top1 = top1_base + sum(float(board.loc[p, "top1"]) - top1_base for p in parts)
     measured_top1 = float(board.loc[stack, "top1"])
@@ -250,6 +269,8 @@ def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts:
     return {"speedup": measured.median, "speedup_low": measured.low, "speedup_high": measured.high,
             "predicted_speedup": predicted_speed, "vs_product": quotient.median, "vs_product_low": quotient.low,
             "vs_product_high": quotient.high, "adds_up_speed": not quotient.excludes(1.0),
+            "predicted_amdahl": predicted_amdahl, "vs_amdahl": vs_amdahl[0], "vs_amdahl_low": vs_amdahl[1],
+            "vs_amdahl_high": vs_amdahl[2], "adds_up_amdahl": vs_amdahl[3],
             "top1": measured_top1, "predicted_top1": predicted_top1,
             "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
 
@@ -308,12 +329,15 @@ def pareto_fronts(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def eer_ranking(board: pd.DataFrame, weights: Mapping[str, float], reference: str | Mapping[str, float]) -> pd.Series:
+def eer_ranking(board: pd.DataFrame, weights: Mapping[str, float], reference: str | Mapping[str, float],
+                form: str = "arithmetic") -> pd.Series:
     """Ranks (1 = best) by :func:`vitsurvey.metrics.efficient_error_rate` with ``weights`` over the cost
-    columns and ``"error"`` (100 - top-1), ratios taken to ``reference`` (a row, "max", "min" or values)."""
+    columns and ``"error"`` (100 - top-1), ratios taken to ``reference`` (a row, "max", "min" or values), in the
+    arithmetic or geometric ``form``."""
     frame = board.assign(error=100 - board["top1"].astype(float))
     costs = {c: w for c, w in weights.items() if c != "error"}
-    eer = metrics.efficient_error_rate(frame, costs, "error", weights.get("error", 1.0), reference=reference)
+    eer = metrics.efficient_error_rate(frame, costs, "error", weights.get("error", 1.0), reference=reference,
+                                       form=form)
     return eer.rank(method="min")
 
 
@@ -324,14 +348,18 @@ def eer_sensitivity(
     references: Sequence[str] | None = None,
     draws: int = 1000,
     seed: int = 0,
+    forms: Sequence[str] = ("arithmetic", "geometric"),
 ) -> pd.DataFrame:
-    """How much the EER ranking moves when its weights and reference move.
+    """How much the EER ranking moves when its weights and reference move, in each of its ``forms``.
 
     The default ranking weighs ``costs`` and the error equally, as ratios to ``reference``. Each draw
     picks weights from a flat Dirichlet distribution (every weighting of the features equally likely) and a
     reference among ``references`` (default: every row), and compares its ranking with the default by
-    Kendall's tau (scipy; 1: the same order, 0: unrelated). One row per draw: ``tau``, ``top`` (the best
-    model of that draw), the reference and the weights. Rows missing a cost or the top-1 are left out.
+    Kendall's tau (scipy; 1: the same order, 0: unrelated). One row per draw and form: ``form``, ``tau``, ``top``
+    (the best model of that draw), the reference and the weights; every form meets the same draws. S2's exact
+    formula is not published, so both readings are tried: the arithmetic mean of ratios (whose ranking moves with
+    the reference) and the geometric mean (whose ranking does not, so only the weights move it). Rows missing a
+    cost or the top-1 are left out.
     """
     from scipy.stats import kendalltau
 
@@ -346,16 +374,17 @@ def eer_sensitivity(
     missing = [r for r in pool if r not in usable.index]
     if missing:
         raise KeyError(f"References {missing} are not among the ranked rows: {list(usable.index)}.")
-    default = eer_ranking(usable, dict.fromkeys(features, 1.0), reference)
+    defaults = {form: eer_ranking(usable, dict.fromkeys(features, 1.0), reference, form) for form in forms}
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(draws):
         w = dict(zip(features, rng.dirichlet(np.ones(len(features)))))
         ref = pool[int(rng.integers(len(pool)))]
-        ranks = eer_ranking(usable, w, ref)
-        tau = kendalltau(default.to_numpy(), ranks.to_numpy()).statistic
-        rows.append({"tau": float(tau), "top": str(ranks.idxmin()), "reference": ref,
-                     **{f"w {f}": float(v) for f, v in w.items()}})
+        for form, default in defaults.items():
+            ranks = eer_ranking(usable, w, ref, form)
+            tau = kendalltau(default.to_numpy(), ranks.to_numpy()).statistic
+            rows.append({"form": form, "tau": float(tau), "top": str(ranks.idxmin()), "reference": ref,
+                         **{f"w {f}": float(v) for f, v in w.items()}})
     return pd.DataFrame(rows)
 
 
