@@ -50,7 +50,8 @@ STEM = "12_leaderboard"
 """Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
 
 COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "top1_seed_std", "seeds", "n_test",
-           "top1_vs_control", "top1_vs_control_low", "top1_vs_control_high", "p_vs_control", "accuracy_vs_control",
+           "top1_vs_control", "top1_vs_control_low", "top1_vs_control_high", "detectable_vs_control", "p_vs_control",
+           "accuracy_vs_control",
            "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
            "verdict", "speedup_vs_control", "speedup_vs_control_low", "speedup_vs_control_high", "throughput_img_s",
            "timing_rounds", "timing_clock", "timing_threads", "load_before", "load_after", "cores", "steal_pct",
@@ -147,7 +148,8 @@ def measure_models(
     baseline given that fine-tune, a model trained from scratch with its architecture's reference trained
     alike). Its top-1 change (points) with the verdict of a paired comparison on the same test images
     (:func:`vitsurvey.metrics.seeded_comparison`, over the seeds and the test images; ``top1_vs_control_low``/``_high``
-    its 95% interval, ``p_vs_control`` the test's p-value) and its speed-up against that control (from the same
+    its 95% interval, ``p_vs_control`` the test's p-value, ``detectable_vs_control`` the smallest difference the run
+    could have detected with 80% power) and its speed-up against that control (from the same
     timing run) fill the ``*_vs_control`` columns.
 
     ``batch_size`` (default: eight times the profile's timing batch) is the batch every model is timed and
@@ -215,6 +217,7 @@ def measure_models(
         paired = metrics.seeded_comparison(a, b, labels.numpy())
         rows[name].update(control=control, top1_vs_control=paired.difference, top1_vs_control_low=paired.low,
                           top1_vs_control_high=paired.high, p_vs_control=paired.p_value,
+                          detectable_vs_control=paired.detectable,
                           accuracy_vs_control="control" if name == control else paired.verdict())
         if timings is not None and name in timings.rates and control in timings.rates:
             ratio = timings.ratio(name, control)
@@ -478,6 +481,7 @@ def format_board(board: pd.DataFrame, sort: str | None = None) -> str:
         lines[name] = {
             "family": get(r, "family") or "",
             "top-1 (%)": "n/a" if get(r, "top1") is None else f"{number(r['top1'])} ± {number(get(r, 'top1_se'))}",
+            "seed std": number(get(r, "top1_seed_std")), "seeds": get(r, "seeds") or "",
             "vs control": "" if change is None else f"{float(change):+.2f} ({verdict}, vs {get(r, 'control')})",
             "params": count(get(r, "params")), "MACs": count(get(r, "macs")), "bytes": count(get(r, "bytes")),
             "memory (bytes)": count(get(r, "infer_mem_bytes")),
