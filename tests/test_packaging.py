@@ -11,11 +11,6 @@ def _conda_deps(path: Path) -> list[str]:
     return [ln.strip() for ln in lines[start:] if ln.startswith("  - ") and not ln.strip().startswith("- pip:")]
 
 
-def test_binder_environment_matches_the_root_one():
-    assert _conda_deps(ROOT / "binder" / "environment.yml") == _conda_deps(ROOT / "environment.yml")
-    assert (ROOT / "binder" / "postBuild").stat().st_mode & 0o111
-
-
 CONDA_NAMES = {"torch": "pytorch-cpu", "matplotlib": "matplotlib-base"}
 """conda-forge's names for the CPU builds of what PyPI calls otherwise."""
 
@@ -33,11 +28,11 @@ def _pyproject_deps() -> dict[str, str]:
     return out
 
 
-def test_conda_and_binder_environments_agree_with_pyproject_on_every_dependency():
+def test_the_conda_environment_agrees_with_pyproject_on_every_dependency():
     import re
 
     wanted = _pyproject_deps()
-    for env in (ROOT / "environment.yml", ROOT / "binder" / "environment.yml"):
+    for env in (ROOT / "environment.yml",):
         listed = {}
         for dep in _conda_deps(env):
             name, spec = re.match(r"- ([A-Za-z0-9_.-]+)\s*(.*)", dep).groups()
