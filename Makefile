@@ -2,7 +2,7 @@
 #   make run    set up .venv/ and execute every notebook headlessly (default profile)
 #   make test   set up .venv/ and run the unit tests and nbval over the notebooks (smoke profile)
 #   make test-fast  the unit tests only: no notebooks, nothing marked slow (under 2 minutes on 2 cores)
-#   make book   a static HTML site of the stored notebooks in build/book (nothing is executed)
+#   make book   the notebook site (Sphinx, myst-nb, sphinx-book-theme) in build/book (nothing is executed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

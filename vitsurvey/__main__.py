@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     """Execute notebooks headlessly (:func:`vitsurvey.notebooks.run`); its return value is the exit status."""
     from . import notebooks
 
+    for name in args.notebooks:  # a name is looked up by pattern among the notebooks; a path must be a notebook file
+        if not name.endswith(".ipynb") and (Path(name).is_absolute() or len(Path(name).parts) > 1):
+            raise ValueError(f"{name!r} is not a notebook: give a notebook's number or name (e.g. 06 or "
+                             "06_token_reduction) or the path of an .ipynb file")
     return notebooks.run(args.notebooks, args.profile, args.out)
 
 
@@ -141,7 +145,7 @@ def train_model(args: argparse.Namespace) -> int:
 
     from . import measure, profiles, results, train
 
-    for flag in ("epochs", "batch_size", "train_samples", "test_samples"):
+    for flag in ("epochs", "batch_size", "train_samples", "test_samples", "img_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, not {value}")
@@ -154,7 +158,7 @@ def train_model(args: argparse.Namespace) -> int:
         changes["augment"] = False
     done = train.train_by_name(args.model, prof.replace(**changes), args.root,
                                init=Path(args.init) if args.init else None,
-                               state=Path(args.checkpoint) if args.checkpoint else None)
+                               state=Path(args.checkpoint) if args.checkpoint else None, img_size=args.img_size)
     if done is None:  # another process than the main one: it only trained
         return 0
     prof, result, world = done.profile, done.result, done.world
@@ -163,10 +167,27 @@ def train_model(args: argparse.Namespace) -> int:
            "macs": measure.count_macs(done.model, torch.zeros(1, *done.image_shape)).total,
            "top1": result.top1, "batch_size": prof.batch_size, "dataset": prof.dataset,
            "epochs": prof.epochs, "world_size": world, "train_seconds": result.train_seconds,
-           "train_img_per_s": result.train_img_per_s * world}
+           "train_img_per_s": result.train_img_per_s * world, "img_size": done.image_shape[-1]}
+    if done.epochs_run == 0 and _recorded(results.read("train"), row):  # a finished training, run again
+        print(f"test top-1 {result.top1:.2f}% after {prof.epochs} epochs: trained before, already in train.csv "
+              f"(nothing appended); state in {done.state.name}")
+        return 0
     path = results.append("train", [row], prof.name, done.device)
     print(f"test top-1 {result.top1:.2f}% after {prof.epochs} epochs -> {path.name}; state in {done.state.name}")
     return 0
+
+
+def _recorded(rows, row: dict) -> bool:
+    """Whether the train.csv ``rows`` already hold ``row``'s training (same model, setting, data and accuracy)."""
+    import pandas as pd
+
+    same = pd.Series(True, index=rows.index)
+    for k in ("method", "setting", "dataset", "epochs", "batch_size", "top1"):
+        if k not in rows.columns:
+            return False
+        number = isinstance(row[k], (int, float))
+        same &= (pd.to_numeric(rows[k], errors="coerce") == row[k]) if number else (rows[k].astype(str) == row[k])
+    return bool(same.any())
 
 
 def book(args: argparse.Namespace) -> int:
@@ -230,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None, help="the global batch, split among the processes")
     t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--img-size", type=int, default=None, help="the side images are resized to, in px (default: the "
+                   "data set's; an ImageFolder at the baseline ViT's size, or 224 for a timm model); the profile's "
+                   "models adapt to it")
     t.add_argument("--train-samples", type=int, default=None)
     t.add_argument("--test-samples", type=int, default=None)
     t.add_argument("--init", default=None, help="start from the weights of a training state or checkpoint (e.g. "
@@ -255,6 +279,9 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 (argparse's own status for bad arguments), 128 + signal when stopped (130 Ctrl-C, 143 SIGTERM)."""
 
 
+_OOM = "error: out of memory; try a smaller --batch-size or --img-size, or another profile"
+
+
 def _guarded(args: argparse.Namespace) -> int:
     """Run a command; a user's error becomes one line on stderr and an exit status, not a traceback."""
     import torch
@@ -269,7 +296,14 @@ def _guarded(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (MemoryError, torch.OutOfMemoryError):
-        print("error: out of memory; try a smaller --batch-size or --img-size, or another profile", file=sys.stderr)
+        print(_OOM, file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError as exc:  # torch's CPU allocator says so in a RuntimeError
+        from .measure.timing import is_oom
+
+        if not is_oom(exc):
+            raise
+        print(_OOM, file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # a folder that cannot be written, a disk that is full
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

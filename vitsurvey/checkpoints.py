@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -128,8 +129,10 @@ def _unreadable(path: Path, exc: BaseException) -> str:
     """Why ``torch.load`` failed, in words (torch's own message advises loading the file unsafely)."""
     if path.stat().st_size == 0:
         return "the file is empty"
-    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
-        return "it holds Python objects beyond tensors, numbers and strings, which are never loaded (loading them can run code)"
+    named = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", str(exc), re.IGNORECASE)
+    if isinstance(exc, pickle.UnpicklingError) and named:
+        return (f"it holds Python objects beyond tensors, numbers and strings (it names {named.group(1)}), which are "
+                "never loaded (loading them can run code); delete it unless you know who wrote it")
     with open(path, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive: this one is damaged
     if zipped or isinstance(exc, EOFError):
@@ -177,10 +180,28 @@ def load_training_state(path: Path, settings: dict) -> dict:
     except Exception as exc:  # torch raises many types for a bad file
         raise CheckpointError(f"Training state {path} cannot be loaded: {_unreadable(path, exc)}; delete it to "
                               "start the training afresh.") from None
-    if not isinstance(state, dict) or state.get("trained_with") != settings:
-        raise CheckpointError(f"Training state {path} was written by a training with other settings; delete it to "
-                              "start afresh, or resume with the settings that wrote it.")
+    saved = state.get("trained_with") if isinstance(state, dict) else None
+    if saved != settings:
+        differ = _differences(saved if isinstance(saved, dict) else {}, settings)
+        extend = (" The learning-rate schedule is set by the epochs, so a training cannot be extended: start a new "
+                  "one from its weights with --init and another --checkpoint." if "epochs" in differ else "")
+        raise CheckpointError(f"Training state {path} was written by a training with other settings "
+                              f"({'; '.join(differ.values()) or 'none recorded'}); delete it to start afresh, or resume "
+                              f"with the settings that wrote it.{extend}")
     return state
+
+
+def _differences(then: dict, now: dict, prefix: str = "") -> dict[str, str]:
+    """The settings that differ between two training-settings dicts, as "name: then -> now" (nested dicts, such as
+    the ViT config, by their fields)."""
+    out: dict[str, str] = {}
+    for key in sorted(set(then) | set(now), key=str):
+        a, b = then.get(key, "unset"), now.get(key, "unset")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = f"{prefix}{key}: {a!r} then, {b!r} now"
+    return out
 
 
 def initialise_from(model: nn.Module, path: Path) -> tuple[int, int]:

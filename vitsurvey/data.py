@@ -23,6 +23,7 @@ import difflib
 import gzip
 import os
 import pickle
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import _compat
+from .checks import whole
 from .paths import ENV_DATA as ENV_ROOT
 from .paths import data_root as default_root
 from .paths import env_flag
@@ -42,11 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS", "DEBIAN_DATASETS", "DataFileError", "DatasetInfo", "DatasetNotFoundError", "EMBEDDED_DIR",
-    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "MAX_VAL_SHARE", "SAMPLE_SEED", "SPLITS", "SUBSET_PER_CLASS", "SUBSET_SEED", "available",
-    "balanced_selection", "build_subset", "default_root", "describe", "downloadable", "find_all",
-    "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots", "split_validation",
-    "standardise", "subset", "synthetic", "tensor_loader", "to_pixels", "training_images", "validation_images",
-    "write_idx",
+    "ENV_OFFLINE", "ENV_ROOT", "FALLBACKS", "MAX_VAL_SHARE", "SAMPLE_SEED", "SPLITS", "SUBSET_PER_CLASS",
+    "SUBSET_SEED", "available", "balanced_selection", "build_subset", "default_root", "describe", "downloadable",
+    "find_all", "from_pixels", "load", "loaders", "offline", "read_idx", "resolve", "search_roots",
+    "split_validation", "standardise", "subset", "synthetic", "tensor_loader", "to_pixels", "training_images",
+    "validation_images", "write_idx",
 ]
 
 ENV_OFFLINE = "VITSURVEY_OFFLINE"
@@ -116,10 +118,7 @@ def _check_name(name: str) -> DatasetInfo:
 
 def search_roots(root: str | Path | None = None) -> list[Path]:
     """The directories searched, in order: only ``root`` when given, else the env and known places."""
-    if root is not None:
-        return [Path(root).expanduser()]
-    roots = [default_root(), DEBIAN_DATASETS]
-    return list(dict.fromkeys(roots))
+    return [Path(root).expanduser()] if root is not None else list(dict.fromkeys([default_root(), DEBIAN_DATASETS]))
 
 
 def offline() -> bool:
@@ -182,23 +181,32 @@ _FMNIST_FILES = {
 _FMNIST_DIRS = ("FashionMNIST/raw", "fashion-mnist")
 
 
-def _find_fashion_mnist(
-    roots: list[Path], split: str, dirs: tuple[str, ...] = _FMNIST_DIRS
-) -> tuple[Path, Path] | None:
+def _find_fashion_mnist(roots: list[Path], split: str, dirs: tuple[str, ...] = _FMNIST_DIRS) -> tuple[Path, Path] | None:
     for root in roots:
         for sub in dirs:
-            found = []
-            for stem in _FMNIST_FILES[split]:
-                for fname in (stem, stem + ".gz"):
-                    if (root / sub / fname).is_file():
-                        found.append(root / sub / fname)
-                        break
-            if len(found) == 2:
+            found = [next((f for f in (root / sub / stem, root / sub / f"{stem}.gz") if f.is_file()), None)
+                     for stem in _FMNIST_FILES[split]]
+            if found[0] and found[1]:
                 return found[0], found[1]
     return None
 
 
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+"""The only globals a CIFAR batch's pickle names: how numpy rebuilds an array (and how Python 3 writes bytes at
+protocol 2). Dicts, lists, bytes, str and ints need none."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds and nothing else: a planted pickle cannot name a function to call."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds (it was not "
+                                         "loaded: unpickling it could run code)")
+        return super().find_class(module, name)
 
 
 def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -216,8 +224,10 @@ def _read_cifar(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarr
     for f in files:
         try:
             with open(folder / f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-        except (EOFError, pickle.UnpicklingError, ValueError) as exc:
+                batch = _CifarUnpickler(fh, encoding="bytes").load()
+        except pickle.UnpicklingError as exc:
+            raise DataFileError(f"{folder / f} is damaged or not a CIFAR batch ({exc}); {_REFETCH}.") from None
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             raise DataFileError(f"{folder / f} is damaged ({type(exc).__name__}); {_REFETCH}.") from None
         if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
             raise DataFileError(f"{folder / f} is not a CIFAR batch (no images or labels in it); {_REFETCH}.")
@@ -242,11 +252,8 @@ def _download(name: str, root: Path) -> None:
 
 def _read(name: str, split: str, roots: list[Path]) -> tuple[np.ndarray, np.ndarray] | None:
     if name in ("fashion_mnist", "fashion_mnist_subset"):
-        files = (
-            _find_fashion_mnist(roots, split) if name == "fashion_mnist"
-            # only the shipped copy: the subset is defined by it
-            else _find_fashion_mnist([EMBEDDED_DIR.parent], split, (EMBEDDED_DIR.name,))
-        )
+        files = (_find_fashion_mnist(roots, split) if name == "fashion_mnist"  # the subset: only the shipped copy
+                 else _find_fashion_mnist([EMBEDDED_DIR.parent], split, (EMBEDDED_DIR.name,)))
         if files is None:
             return None
         images, labels = (read_idx(f) for f in files)
@@ -265,28 +272,26 @@ def standardise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     return from_pixels(images.float() / 255.0, info)
 
 
+def _stats(info: DatasetInfo, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1) for v in (info.mean, info.std))
+
+
 def from_pixels(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """Pixels in [0, 1] (N, C, H, W) -> the standardised inputs the models take."""
-    mean = torch.tensor(info.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=pixels.dtype).view(1, -1, 1, 1)
+    mean, std = _stats(info, pixels.dtype)
     return (pixels - mean) / std
 
 
 def to_pixels(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     """Standardised inputs -> pixels in [0, 1] (the inverse of :func:`from_pixels`): where perturbations that
     are defined on pixels (noise, contrast, an attack's epsilon) are applied."""
-    mean = torch.tensor(info.mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=images.dtype).view(1, -1, 1, 1)
+    mean, std = _stats(info, images.dtype)
     return images * std + mean
 
 
-def synthetic(
-    n: int, split: str = "train", num_classes: int = 10, img_size: int = 28, channels: int = 1
-) -> TensorDataset:
+def synthetic(n: int, split: str = "train", num_classes: int = 10, img_size: int = 28, channels: int = 1) -> TensorDataset:
     """A learnable toy set: each class is a fixed random pattern, each sample that pattern plus noise.
-
-    The class patterns are the same for every split; the noise differs by split. Deterministic.
-    """
+    The class patterns are the same for every split; the noise differs by split. Deterministic."""
     g = torch.Generator().manual_seed(1234)
     templates = torch.randn(num_classes, channels, img_size, img_size, generator=g)
     g.manual_seed(0 if split == "train" else 1)
@@ -295,13 +300,8 @@ def synthetic(
     return TensorDataset(templates[labels] + noise, labels)
 
 
-def load(
-    name: str = "fashion_mnist",
-    split: str = "train",
-    root: str | Path | None = None,
-    download: bool | None = None,
-    img_size: int | None = None,
-) -> Dataset:
+def load(name: str = "fashion_mnist", split: str = "train", root: str | Path | None = None,
+         download: bool | None = None, img_size: int | None = None) -> Dataset:
     """Load a data set split as standardised float tensors (an ImageFolder tree as a lazy dataset).
 
     ``img_size`` resizes (bilinear) when it differs from the native size. A data set that is not
@@ -311,9 +311,10 @@ def load(
     info = _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    if img_size is not None:
+        whole("img_size", img_size, minimum=1, hint="It is the side in pixels images are resized to.")
     if name == "synthetic":
-        ds = synthetic(2048 if split == "train" else 512, split, img_size=img_size or 28)
-        return ds
+        return synthetic(2048 if split == "train" else 512, split, img_size=img_size or 28)
     if name == "imagefolder":
         return _imagefolder(root, split, img_size or 224, info)
 
@@ -332,38 +333,63 @@ def load(
         if arrays is None:
             looked = ", ".join(str(r) for r in roots)
             raise DatasetNotFoundError(
-                f"Data set {name!r} ({split}) was not found; looked in: {looked}; {cause}. "
-                f"To get it: {info.how_to_get}; or point ${ENV_ROOT} (or root=) at a directory "
-                "that holds it."
-            )
+                f"Data set {name!r} ({split}) was not found; looked in: {looked}; {cause}. To get it: "
+                f"{info.how_to_get}; or point ${ENV_ROOT} (or root=) at a directory that holds it.")
     images = standardise(torch.from_numpy(arrays[0].copy()), info)
     if img_size is not None and img_size != images.shape[-1]:
-        images = torch.nn.functional.interpolate(
-            images, size=(img_size, img_size), mode="bilinear", align_corners=False
-        )
+        images = torch.nn.functional.interpolate(images, size=(img_size, img_size), mode="bilinear",
+                                                 align_corners=False)
     return TensorDataset(images, torch.from_numpy(arrays[1]))
 
 
+def _read_image(path: str) -> object:
+    """An ImageFolder image as RGB; one that cannot be decoded (cut off, not an image) is named."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataFileError(f"{path} is not a readable image ({exc}); remove it or replace it with an intact "
+                            "copy.") from None
+
+
 def _imagefolder(root: str | Path | None, split: str, img_size: int, info: DatasetInfo) -> Dataset:
+    """One split of an ImageFolder tree, its classes numbered by the training split's class folders (sorted), so
+    that a class means the same label in every split even where a split lacks some classes."""
     if root is None and os.environ.get(ENV_ROOT):
         root = os.environ[ENV_ROOT]
     if root is None:
         raise DatasetNotFoundError(f"An ImageFolder data set needs a location: {info.how_to_get}.")
     candidates = [Path(root) / s for s in ((split,) if split == "train" else ("test", "val"))]
     folder = next((c for c in candidates if c.is_dir()), None)
-    if folder is None:
-        looked = ", ".join(str(c) for c in candidates)
-        raise DatasetNotFoundError(f"No ImageFolder split {split!r}: looked in {looked}. {info.how_to_get}.")
+    train_dir = Path(root) / "train"
+    if folder is None or not train_dir.is_dir():
+        looked = ", ".join(str(c) for c in (candidates if folder is None else [train_dir]))
+        raise DatasetNotFoundError(f"No ImageFolder split {'train' if folder else split!r}: looked in {looked} (the "
+                                   f"training split numbers the classes of every split). {info.how_to_get}.")
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DatasetNotFoundError(f"{train_dir} holds no class folders. {info.how_to_get}.")
+    if len(classes) == 1 and split == "train":
+        warnings.warn(f"{train_dir} holds one class ({classes[0]}): every label is the same, so any model scores "
+                      "100%; add a folder per class.", stacklevel=3)
+    unknown = sorted({e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")} - {*classes})
+    if unknown:
+        raise DataFileError(f"{folder}: class folder(s) {', '.join(unknown)} are not among the training classes in "
+                            f"{train_dir} ({', '.join(classes)}); a model cannot learn a class it never sees: add "
+                            "them to the training split, or remove them.")
     _compat.ensure_torchvision_importable()
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([
-        transforms.Resize(img_size),
-        transforms.CenterCrop(img_size),
-        transforms.ToTensor(),
-        transforms.Normalize(info.mean, info.std),
-    ])
-    return datasets.ImageFolder(str(folder), transform=tf)
+    tf = transforms.Compose([transforms.Resize(img_size), transforms.CenterCrop(img_size), transforms.ToTensor(),
+                             transforms.Normalize(info.mean, info.std)])
+    ds = datasets.ImageFolder(str(folder), transform=tf, loader=_read_image)
+    label = {c: classes.index(c) for c in ds.classes}  # this split's numbering -> the training split's
+    ds.samples = ds.imgs = [(path, label[ds.classes[t]]) for path, t in ds.samples]
+    ds.targets = [t for _, t in ds.samples]
+    ds.classes, ds.class_to_idx = classes, {c: i for i, c in enumerate(classes)}
+    return ds
 
 
 def tensor_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
@@ -410,10 +436,11 @@ def split_validation(train: Dataset, n: int | None, seed: int = SAMPLE_SEED) -> 
     return torch.utils.data.Subset(train, rest.tolist()), torch.utils.data.Subset(train, held.tolist())
 
 
-def training_images(profile: Profile, root: str | Path | None = None, download: bool | None = None) -> Dataset:
+def training_images(profile: Profile, root: str | Path | None = None, download: bool | None = None,
+                    img_size: int | None = None) -> Dataset:
     """The profile's training images: the training split less its validation images, then the profile's
-    ``train_samples`` of them (drawn with :data:`SAMPLE_SEED`)."""
-    rest, _ = split_validation(load(profile.dataset, "train", root, download), profile.val_samples)
+    ``train_samples`` of them (drawn with :data:`SAMPLE_SEED`); ``img_size`` as in :func:`load`."""
+    rest, _ = split_validation(load(profile.dataset, "train", root, download, img_size), profile.val_samples)
     return subset(rest, profile.train_samples, SAMPLE_SEED)
 
 
@@ -427,15 +454,14 @@ def validation_images(profile: Profile, root: str | Path | None = None, download
     return held
 
 
-def loaders(
-    profile: Profile, root: str | Path | None = None, download: bool | None = None
-) -> tuple[DataLoader, DataLoader]:
+def loaders(profile: Profile, root: str | Path | None = None, download: bool | None = None,
+            img_size: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders of the profile's data set, sized by the profile. The training images exclude the
     validation images (:func:`validation_images`). The subsets of images are drawn with :data:`SAMPLE_SEED`, the same
     for every training seed, so models trained with different seeds meet the same images; the training order
-    follows the profile's ``seed``."""
-    train = training_images(profile, root, download)
-    test = subset(load(profile.dataset, "test", root, download), profile.test_samples, SAMPLE_SEED)
+    follows the profile's ``seed``. ``img_size``: the side images are resized to, as in :func:`load`."""
+    train = training_images(profile, root, download, img_size)
+    test = subset(load(profile.dataset, "test", root, download, img_size), profile.test_samples, SAMPLE_SEED)
     g = torch.Generator().manual_seed(profile.seed)
     return (
         DataLoader(train, batch_size=profile.batch_size, shuffle=True, generator=g, drop_last=True),
@@ -469,11 +495,8 @@ def available(name: str, root: str | Path | None = None, download: bool | None =
     if name in ("synthetic", "fashion_mnist_subset"):
         return True
     if name == "imagefolder":
-        try:
-            _imagefolder(root, "train", info.img_size or 224, info)
-        except DatasetNotFoundError:
-            return False
-        return True
+        where = root or os.environ.get(ENV_ROOT)
+        return where is not None and (Path(where) / "train").is_dir()
     roots = search_roots(root)
     if all(_read_exists(name, split, roots) for split in SPLITS):
         return True

@@ -418,6 +418,25 @@ def _check_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
         raise KeyError(f"{what}: no column(s) {missing} in the table; it has {list(frame.columns)}.")
 
 
+def _numbers(frame: pd.DataFrame, columns: list[str], what: str, finite: bool = False) -> pd.DataFrame:
+    """``frame[columns]`` as floats, a missing value (None, NaN, an empty string) as NaN. A value that is not a
+    number (a string such as "abc", which would otherwise count as missing) raises ValueError naming its column and
+    row, and so does an infinity where ``finite``: a cost of inf makes every finite cost's ratio to it 0."""
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").astype(float)
+    for c in columns:
+        given = frame[c]
+        blank = given.isna() | given.astype(str).str.strip().isin(["", "<NA>"])
+        bad = values[c].isna() & ~blank
+        if bad.any():
+            label = bad.idxmax()
+            raise ValueError(f"{what}: column {c!r} holds {given[label]!r} (row {label!r}), which is not a number.")
+        if finite and np.isinf(values[c]).any():
+            label = np.isinf(values[c]).idxmax()
+            raise ValueError(f"{what}: column {c!r} holds {values[c][label]} (row {label!r}); every value must be "
+                             "finite (a missing one may be left empty).")
+    return values
+
+
 def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Series:
     """True for the rows that no other row dominates.
 
@@ -434,7 +453,7 @@ def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, str]) -> pd.Serie
         raise ValueError(f"Objective directions must be 'min' or 'max', got {bad}.")
     columns = list(objectives)
     _check_columns(frame, columns, "pareto_front")
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    values = _numbers(frame, columns, "pareto_front").to_numpy(dtype=float)
     signs = np.array([1.0 if objectives[c] == "min" else -1.0 for c in columns])
     cost = values * signs  # everything minimised from here on
     valid = ~np.isnan(cost).any(axis=1)
@@ -538,7 +557,7 @@ def efficient_error_rate(
         raise ValueError(f"EER weights must be finite, non-negative and not all zero, got {weights}.")
     columns = list(weights)
     _check_columns(frame, columns, "efficient_error_rate")
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").astype(float)
+    values = _numbers(frame, columns, "efficient_error_rate", finite=True)
     if (values < 0).any().any():
         raise ValueError("EER features must be non-negative (costs and error rates).")
     if isinstance(reference, Mapping):
@@ -556,6 +575,9 @@ def efficient_error_rate(
         raise ValueError(
             f"EER reference must be 'max', 'min', a row label of the table or a mapping; got {reference!r}."
         )
+    if not np.isfinite(ref.to_numpy(dtype=float)).all():
+        raise ValueError(f"EER reference is not a finite number for {list(ref[~np.isfinite(ref.astype(float))].index)} "
+                         f"({ref.to_dict()}); give finite references (a column with no values has none).")
     if (ref <= 0).any():
         zero = list(ref[ref <= 0].index)
         raise ValueError(f"EER reference is zero for {zero}: ratios to it are undefined; choose another reference.")

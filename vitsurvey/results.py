@@ -39,7 +39,7 @@ from .device import cpu_features, device_name
 from .paths import ENV_OUTPUT, OutputDirError, project_root, repository_root, results_dir
 
 __all__ = [
-    "COLUMNS", "ENV_OUTPUT", "LOCK_TIMEOUT_S", "OutputDirError", "ResultsFileError", "SUPERSEDED", "append",
+    "COLUMNS", "ENV_OUTPUT", "LOCK_TIMEOUT_S", "NUMERIC", "OutputDirError", "ResultsFileError", "SUPERSEDED", "append",
     "context", "cpu_features", "current", "device_name", "project_root", "read", "read_file", "repository_root",
     "results_dir", "supersede", "write_atomic", "write_text_atomic",
 ]
@@ -93,11 +93,21 @@ def _locked(path: Path) -> Iterator[None]:
         lock.release()
 
 
+def _target(path: Path) -> Path:
+    """The file a write of ``path`` changes: ``path`` itself, or, for a symbolic link, the file it points to (so the
+    link stays a link, and the lock and temporary file sit beside the file that is written)."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then ``os.replace``:
     a reader sees the old file or the new one, never half of one. Holds ``path``'s lock, so concurrent writers
     take turns, and first removes temporary files that interrupted writers left (only a writer holding the lock
-    makes them). The file gets the permissions a plain ``open`` would give, not the temporary file's private mode."""
+    makes them). The file gets the permissions a plain ``open`` would give, not the temporary file's private mode.
+    A symbolic link is written through: its target is replaced, the link kept. A write that fails (a full disk)
+    raises OSError naming ``path``, which keeps its previous contents."""
+    path = _target(path)
     with _locked(path):
         _write_locked(path, write)
 
@@ -120,6 +130,10 @@ def _write_locked(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path} (it keeps its previous contents); "
+                                 "free space there, or set $VITSURVEY_OUTPUT to another folder") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -137,7 +151,7 @@ def append(
     new = pd.DataFrame([{**ctx, **_as_dict(r)} for r in rows])
     if new.empty:
         raise ValueError("No rows to append.")
-    path = results_dir() / f"{Path(stem).stem}.csv"
+    path = _target(results_dir() / f"{Path(stem).stem}.csv")
     with _locked(path):  # read, add, replace: one writer at a time, or rows are lost
         old = read_file(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
         frame = pd.concat([old, new], ignore_index=True) if not old.empty else new
@@ -172,7 +186,7 @@ def read_file(path: Path) -> pd.DataFrame:
     if b"\0" in raw:
         raise _damaged(path, raw[: raw.index(b"\0")].count(b"\n") + 1, "binary content (a NUL byte), not CSV text")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as spreadsheet programs save UTF-8, is dropped
     except UnicodeDecodeError as exc:
         raise _damaged(path, raw[: exc.start].count(b"\n") + 1, "bytes that are not UTF-8 text") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -181,16 +195,32 @@ def read_file(path: Path) -> pd.DataFrame:
         if header[: len(COLUMNS)] != COLUMNS:
             raise _damaged(path, 1, f"the header does not begin with {','.join(COLUMNS)}; this is not a results "
                                     "file written by vitsurvey")
+        numeric = [(i, c) for i, c in enumerate(header) if c in NUMERIC]
         for row in reader:
             if len(row) != len(header):
                 raise _damaged(path, reader.line_num, f"{len(row)} fields where the header has {len(header)} "
                                                       "(a row cut off or written by hand)")
+            for i, c in numeric:
+                if row[i].strip() and not _is_number(row[i]):
+                    raise _damaged(path, reader.line_num, f"{c} is {row[i]!r}, not a number")
     except csv.Error as exc:
         raise _damaged(path, reader.line_num, f"not valid CSV ({exc}; e.g. a quote that is never closed)") from None
     if not text.endswith("\n"):
         raise _damaged(path, reader.line_num, "the last row is cut off (the file does not end with a newline, as "
                                               "if a write was interrupted)")
     return pd.read_csv(io.StringIO(text))
+
+
+NUMERIC = ("params", "macs", "top1", "throughput_img_s", "batch_size")
+"""The standard columns that hold numbers: a value there that is not one is refused by :func:`read_file`."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 SUPERSEDED = "superseded"
@@ -218,7 +248,7 @@ def supersede(stem: str, rows: Callable[[pd.DataFrame], pd.Series], why: str) ->
     history, but :func:`read` no longer returns them. Returns how many rows were newly marked."""
     if not why.strip():
         raise ValueError("Say why the rows are superseded (e.g. 'measured with the earlier timing routine').")
-    path = results_dir() / f"{Path(stem).stem}.csv"
+    path = _target(results_dir() / f"{Path(stem).stem}.csv")
     with _locked(path):
         frame = read_file(path)
         if SUPERSEDED not in frame.columns:

@@ -118,6 +118,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     prepare: Prepare | None = None,
     resume: Path | None = None,
+    key: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch.
 
@@ -129,7 +130,8 @@ def fit(
     ``resume``: a file that holds the whole training state (weights, optimiser, schedule, augmentation
     generator, epoch, history), written after every epoch (by rank 0 only, under ``torch.distributed``). A run
     that finds it continues after its last epoch and ends where an uninterrupted run would; a file written by
-    a different training is refused."""
+    a different training is refused: one with other :func:`vitsurvey.checkpoints.training_settings`, or other ``key``
+    (what else decides the training, e.g. the image size of a model that is not the profile's ViT)."""
     objective = loss or label_loss
     device = torch.device(device or profile.device)
     seed_everything(profile.seed)
@@ -158,7 +160,7 @@ def fit(
     gen = torch.Generator().manual_seed(profile.seed)
     history: list[dict[str, float]] = []
     seen, before, first = 0, 0.0, 0
-    settings = checkpoints.training_settings(profile)
+    settings = {**checkpoints.training_settings(profile), **(key or {})}
     if resume is not None and Path(resume).exists():
         state = checkpoints.load_training_state(Path(resume), settings)
         model.load_state_dict(state["model"])
@@ -290,19 +292,32 @@ def trained_teacher(
 
 
 # --------------------------------------------------------------------------- one model by name
+def _own_model(name: str) -> bool:
+    """Whether ``name`` is one of the profile's own models (not a timm name)."""
+    return name in ("baseline", "teacher") or name.startswith("mixer:")
+
+
+def _sized_config(profile: Profile, channels: int, classes: int, img_size: int) -> ViTConfig:
+    """The profile's baseline ViT for images of ``channels`` x ``img_size`` px in ``classes`` classes."""
+    cfg = profile.baseline
+    if img_size % cfg.patch_size:
+        raise ValueError(f"the images are {img_size} px, not a multiple of the baseline's patch size "
+                         f"{cfg.patch_size}; set --img-size to a multiple of it, e.g. {cfg.img_size}")
+    return dataclasses.replace(cfg, img_size=img_size, in_chans=channels, num_classes=classes)
+
+
 def model_by_name(name: str, profile: Profile, channels: int, classes: int, img_size: int) -> nn.Module:
     """``baseline`` (the profile's ViT), ``teacher`` (its small ResNet), a token mixer's ViT (``mixer:NAME``), or
-    any timm model by name, sized for the data set."""
-    cfg = baseline_config(profile)
+    any timm model by name, each sized for the data: ``channels`` x ``img_size`` px images in ``classes``."""
     if name == "baseline":
-        return VisionTransformer(cfg)
+        return VisionTransformer(_sized_config(profile, channels, classes, img_size))
     if name == "teacher":
         return small_resnet(channels, classes, profile.teacher_channels)
     if name.startswith("mixer:"):
         mixer = name.split(":", 1)[1]
         if mixer not in mixers.MIXERS:
             raise ValueError(f"unknown token mixer {mixer!r}; valid: {', '.join(mixers.MIXERS)}")
-        return VisionTransformer(cfg.with_mixer(mixer))
+        return VisionTransformer(_sized_config(profile, channels, classes, img_size).with_mixer(mixer))
     return create(name, img_size=img_size, in_chans=channels, num_classes=classes)
 
 
@@ -322,6 +337,8 @@ class TrainedModel:
     device: torch.device
     state: Path
     """The training-state file it resumed from and wrote."""
+    epochs_run: int
+    """Epochs trained in this call (0: the state file held a finished training, which was only reported)."""
 
 
 def train_by_name(
@@ -331,22 +348,31 @@ def train_by_name(
     init: Path | None = None,
     state: Path | None = None,
     log: Callable[[str], None] = print,
+    img_size: int | None = None,
 ) -> TrainedModel | None:
     """Train the model :func:`model_by_name` builds on the profile's data set, in one process or, under
     ``torchrun``, in several with DDP (:mod:`vitsurvey.distributed`); resumable from ``state`` (default:
     :func:`vitsurvey.checkpoints.training_state_path`). ``init``: a file whose weights the model starts from
-    where names and shapes agree. Returns what was trained in the main process, None in the others (which
-    neither log nor report)."""
+    where names and shapes agree. ``img_size``: the side images are resized to (default: the data set's own; an
+    ImageFolder tree, whose images vary, at the baseline's size for the profile's own models, 224 px for timm's).
+    The profile's models adapt to the data's channels, size and classes. Returns what was trained in the main
+    process, None in the others (which neither log nor report)."""
     if root is None:
         profile = vdata.resolve(profile)
+    info = vdata.DATASETS[profile.dataset]
+    if img_size is None and info.img_size is None and _own_model(name):
+        img_size = profile.baseline.img_size
     ctx = distributed.init(profile.device)
     try:
-        info = vdata.DATASETS[profile.dataset]
-        train_loader, test_loader = vdata.loaders(profile, root)
+        train_loader, test_loader = vdata.loaders(profile, root, img_size=img_size)
         x0 = test_loader.dataset[0][0]
         channels, size = int(x0.shape[0]), int(x0.shape[-1])
         found = getattr(getattr(train_loader.dataset, "dataset", train_loader.dataset), "classes", None)  # ImageFolder
         classes = len(found) if found else info.num_classes or baseline_config(profile).num_classes
+        vit = name != "teacher" and _own_model(name)
+        if vit:  # the ViT trained is part of the settings its training state is keyed by
+            profile = profile.replace(baseline=_sized_config(profile, channels, classes, size))
+        key = None if vit else {"img_size": size}
         seed_everything(profile.seed)
         model = model_by_name(name, profile, channels, classes, size)
         said = log if ctx.main else None
@@ -359,10 +385,13 @@ def train_by_name(
         if said:
             said(f"training {name} on {vdata.describe(profile.dataset)} ({len(train_loader.dataset)} images), "
                  f"{ctx.world} process(es) on {ctx.device}, global batch {profile.batch_size}; state: {state}")
+        done = (checkpoints.load_training_state(state, {**checkpoints.training_settings(profile), **(key or {})})
+                ["epoch"] if state.exists() else 0)
         result = fit(model, train_loader, test_loader, profile.replace(device=str(ctx.device)), log=said,
-                     prepare=distributed.prepare(ctx, profile.seed), resume=state)
+                     prepare=distributed.prepare(ctx, profile.seed), resume=state, key=key)
         if not ctx.main:
             return None
-        return TrainedModel(model.cpu().eval(), result, profile, (channels, size, size), ctx.world, ctx.device, state)
+        return TrainedModel(model.cpu().eval(), result, profile, (channels, size, size), ctx.world, ctx.device, state,
+                            max(profile.epochs - done, 0))
     finally:
         distributed.shutdown()

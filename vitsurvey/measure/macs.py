@@ -21,6 +21,7 @@ from torch import nn
 
 from ..models import mixers
 from ..models.counts import packed_weights
+from .timing import check_materialised, mode_kept
 
 __all__ = ["MacCount", "count_macs", "float_twin"]
 
@@ -91,11 +92,11 @@ def count_macs(
     (notebook 02 shows the trap); every other caller keeps the default.
     """
     args = inputs if isinstance(inputs, tuple) else (inputs,)
+    check_materialised(model, "count_macs")
     if packed_weights(model):  # fvcore cannot trace int8 kernels; they run the multiply-adds of their float twin
         model = float_twin(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with mode_kept(model):
+        model.eval()
         with warnings.catch_warnings():
             # fvcore's import uses the deprecated torch.jit.script; tracing warns about constants
             warnings.simplefilter("ignore")
@@ -114,8 +115,6 @@ def count_macs(
             total = int(analysis.total())
             by_op = {k: int(v) for k, v in analysis.by_operator().items()}
             skipped = dict(analysis.unsupported_ops())
-    finally:
-        model.train(was_training)
     return MacCount(total, by_op, skipped)
 
 

@@ -23,7 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..models.counts import count_params, packed_weights
-from .timing import autocast_context, free_cached, is_oom, synchronize
+from ..checks import whole
+from .timing import autocast_context, check_materialised, free_cached, is_oom, mode_kept, synchronize
 
 __all__ = [
     "Memory", "activation_bytes", "inference_memory", "model_size_bytes", "peak_memory", "serialized_bytes",
@@ -123,41 +124,45 @@ def inference_memory(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
 ) -> Memory:
-    """Peak memory of one inference pass at ``batch_size`` (weights, input and activations)."""
+    """Peak memory of one inference pass at ``batch_size`` (weights, input and activations), in eval mode (the
+    model's own mode is restored afterwards)."""
+    whole("batch_size", batch_size, minimum=1, hint="A pass over no images measures only the weights.")
+    check_materialised(model, "inference_memory")
     device = torch.device(device)
-    model = model.to(device).eval()
-    weights = tensor_bytes(_weights(model))
-    try:
-        x = torch.randn(batch_size, *input_shape, device=device)
+    with mode_kept(model):
+        model = model.to(device).eval()
+        weights = tensor_bytes(_weights(model))
+        try:
+            x = torch.randn(batch_size, *input_shape, device=device)
 
-        def run() -> None:
-            with torch.inference_mode():
-                model(x)
+            def run() -> None:
+                with torch.inference_mode():
+                    model(x)
 
-        peak, method = peak_memory(run, device, [*_weights(model), x])
-    except RuntimeError as exc:
-        if not is_oom(exc):
-            raise
-        free_cached(device)
-        return Memory(None, weights, batch_size, _memory_method(device), oom=True)
+            peak, method = peak_memory(run, device, [*_weights(model), x])
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
+                raise
+            free_cached(device)
+            return Memory(None, weights, batch_size, _memory_method(device), oom=True)
     return Memory(peak, weights, batch_size, method)
 
 
 @contextlib.contextmanager
 def _in_training_then_restored(model: nn.Module) -> Iterator[None]:
-    """Train mode for a measurement; afterwards buffers (BatchNorm statistics) as they were, no gradients,
-    eval mode, so measuring leaves the model unchanged."""
+    """Train mode for a measurement; afterwards buffers (BatchNorm statistics) as they were, no gradients, and
+    every submodule in the mode it had, so measuring leaves the model unchanged."""
     saved = [b.detach().clone() for b in model.buffers()]
-    model.train()
-    try:
-        yield
-    finally:
-        for p in model.parameters():
-            p.grad = None
-        with torch.no_grad():
-            for b, old in zip(model.buffers(), saved):
-                b.copy_(old)
-        model.eval()
+    with mode_kept(model):
+        model.train()
+        try:
+            yield
+        finally:
+            for p in model.parameters():
+                p.grad = None
+            with torch.no_grad():
+                for b, old in zip(model.buffers(), saved):
+                    b.copy_(old)
 
 
 def training_memory(
@@ -171,11 +176,14 @@ def training_memory(
 
     Gradients and optimizer state are created inside the step, so the peak includes them, as it does
     for S3's measurement. ``amp`` runs the forward in bf16 autocast. The model is left as it was: the
-    update uses a learning rate of 0 and buffers (BatchNorm statistics) are restored afterwards.
+    update uses a learning rate of 0, and buffers (BatchNorm statistics) and train/eval mode are restored afterwards.
     """
+    whole("batch_size", batch_size, minimum=1, hint="A training step needs at least one image.")
+    check_materialised(model, "training_memory")
     device = torch.device(device)
     model = model.to(device)
-    num_classes = _output_classes(model, input_shape, device)
+    with mode_kept(model):
+        num_classes = _output_classes(model, input_shape, device)
     for p in model.parameters():
         p.grad = None
     weights = tensor_bytes(_weights(model))
@@ -192,7 +200,7 @@ def training_memory(
                 opt.step()
 
             peak, method = peak_memory(step, device, [*_weights(model), x, y])
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc):
                 raise
             free_cached(device)
@@ -218,6 +226,8 @@ def activation_bytes(
     holds a part that does not grow with the batch (on a CPU, e.g. weights repacked for the kernels), so
     the activation bytes *per image* are the slope between two batch sizes.
     """
+    whole("batch_size", batch_size, minimum=1, hint="A forward pass needs at least one image.")
+    check_materialised(model, "activation_bytes")
     device = torch.device(device)
     model = model.to(device)
     x = torch.randn(batch_size, *input_shape, device=device)

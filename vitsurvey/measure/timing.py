@@ -17,7 +17,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,9 @@ from ..device import threads as threads_limited
 from ..metrics import Interval
 
 __all__ = [
-    "Autocast", "CLOCKS", "RESOLUTION", "Throughput", "Timings", "autocast_context", "free_cached", "is_oom", "latency_ms", "pass_times_ms",
-    "relative_throughput", "steady_allocator", "synchronize", "throughput",
+    "Autocast", "CLOCKS", "RESOLUTION", "Throughput", "Timings", "autocast_context", "check_materialised",
+    "free_cached", "is_oom", "latency_ms", "mode_kept", "pass_times_ms", "relative_throughput", "steady_allocator",
+    "synchronize", "throughput",
 ]
 
 
@@ -44,8 +45,32 @@ def synchronize(device: torch.device) -> None:
 
 def is_oom(exc: BaseException) -> bool:
     """Whether an error says the device ran out of memory: a result to record (the batch did not fit), not a
-    failure."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    failure. On a CPU, torch's allocator says "DefaultCPUAllocator: can't allocate memory" instead."""
+    text = str(exc).lower()
+    return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def check_materialised(model: nn.Module, what: str) -> None:
+    """Refuse a model whose weights are on torch's meta device (shapes without data): nothing can run it, and
+    fvcore's trace of it fails deep inside torch. Raised before any work, naming ``what`` was asked."""
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"{what} needs a model with weights, but {meta} (and maybe more) is on the meta device "
+                         "(shapes only); materialise it first, e.g. model.to_empty(device='cpu') and load a "
+                         "state dict.")
+
+
+@contextlib.contextmanager
+def mode_kept(model: nn.Module) -> Iterator[None]:
+    """Leave every submodule of ``model`` in the train or eval mode it had (a measurement switches it): a model in
+    training stays in training after being timed."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def free_cached(device: torch.device) -> None:
@@ -148,14 +173,20 @@ def throughput(
 
     For each batch size, in increasing order: ``warmup`` untimed passes, then at least ``iters`` timed
     passes, continuing until ``min_seconds`` have elapsed (short runs are noisy), between device
-    synchronisations, in eval mode under ``torch.inference_mode``. The sweep stops at the first batch
-    size that runs out of memory; that size is recorded in ``oom_at``.
+    synchronisations, in eval mode under ``torch.inference_mode`` (the model's own mode is restored afterwards).
+    The sweep stops at the first batch size that runs out of memory; that size is recorded in ``oom_at``.
     """
     _check_timing(warmup, iters, min_seconds)
     sizes = whole_numbers("batch sizes", batch_sizes, minimum=1)
     if not sizes:
         raise ValueError(f"batch sizes must hold at least one batch size, got {batch_sizes!r}.")
-    device = torch.device(device)
+    check_materialised(model, "throughput")
+    with mode_kept(model):
+        return _throughput(model, input_shape, sizes, torch.device(device), dtype, warmup, iters, min_seconds)
+
+
+def _throughput(model: nn.Module, input_shape: tuple[int, int, int], sizes: list[int], device: torch.device,
+                dtype: torch.dtype | None, warmup: int, iters: int, min_seconds: float) -> Throughput:
     if device.type == "cpu":
         steady_allocator()
     model = model.to(device).eval()
@@ -173,7 +204,7 @@ def throughput(
                     done += 1
                 synchronize(device)
                 elapsed = time.perf_counter() - start
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc):
                 raise
             result.oom_at = b
@@ -201,10 +232,10 @@ def pass_times_ms(
     kernel selection, and without ``sync`` a GPU timing measures only how fast work is queued.
     """
     device = torch.device(device)
-    model = model.to(device).eval()
     x = torch.randn(batch_size, *input_shape, device=device)
     times = []
-    with torch.inference_mode():
+    with mode_kept(model), torch.inference_mode():
+        model = model.to(device).eval()
         for _ in range(passes):
             if sync:
                 synchronize(device)
@@ -224,13 +255,15 @@ def latency_ms(
     warmup: int = 3,
     iters: int = 20,
 ) -> float:
-    """Median milliseconds of one batch-1 inference pass, each pass timed between synchronisations."""
+    """Median milliseconds of one batch-1 inference pass, each pass timed between synchronisations, in eval mode
+    (the model's own mode is restored afterwards)."""
     _check_timing(warmup, iters, 0.0)
+    check_materialised(model, "latency_ms")
     device = torch.device(device)
-    model = model.to(device).eval()
     x = torch.randn(1, *input_shape, device=device)
     times = []
-    with torch.inference_mode():
+    with mode_kept(model), torch.inference_mode():
+        model = model.to(device).eval()
         for _ in range(warmup):
             model(x)
         for _ in range(iters):

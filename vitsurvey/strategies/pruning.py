@@ -33,12 +33,28 @@ from ..models.counts import nonzero_params
 
 __all__ = [
     "head_importance", "magnitude_prune", "make_permanent", "mask_structured", "neuron_importance", "nonzero_params",
-    "prune_structured", "removed_fraction", "select_structures", "sparsity_of",
+    "prune_structured", "removed_fraction", "require_float", "select_structures", "sparsity_of",
 ]
 
 
 def _block_linears(model: VisionTransformer) -> list[nn.Linear]:
     return [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)]
+
+
+def require_float(model: nn.Module, what: str) -> None:
+    """Refuse, before any work, a model that pruning cannot change: not vitsurvey's ViT (a timm model, or one
+    wrapped by ToMe, EViT or QuantViT), without attention blocks, or quantized (int8 layers hold packed weights, not
+    a weight matrix to prune). The message names the models that are supported."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"{what} works on vitsurvey's float VisionTransformer, not on a {type(model).__module__}.{type(model).__name__}: prune "
+                        "the plain model, then wrap it (ToMe, EViT, QuantViT) or quantize it.")
+    if model.cfg.mixer != "attention":
+        raise ValueError(f"{what} needs softmax attention in every block; this model has mixer {model.cfg.mixer!r}.")
+    odd = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in _block_linears(model)
+                  if type(m) is not nn.Linear})
+    if odd:
+        raise TypeError(f"{what} works on float nn.Linear layers; this model's blocks hold {', '.join(odd)} (a "
+                        "quantized model): prune the float model first, then quantize it.")
 
 
 def _check_fraction(value: float, name: str, meaning: str = "the fraction removed") -> None:
@@ -56,6 +72,7 @@ def magnitude_prune(model: VisionTransformer, sparsity: float, scope: str = "glo
     ``"layer"`` prunes every weight matrix to the same sparsity. torch's pruning masks stay attached,
     so fine-tuning keeps the pruned weights at zero; :func:`make_permanent` removes the masks.
     """
+    require_float(model, "Magnitude pruning")
     _check_fraction(sparsity, "sparsity")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', not {scope!r}.")
@@ -80,6 +97,7 @@ def make_permanent(model: VisionTransformer) -> VisionTransformer:
 
 def sparsity_of(model: VisionTransformer) -> float:
     """Fraction of exactly-zero weights in the blocks' linear layers."""
+    require_float(model, "sparsity_of")
     weights = [m.weight for m in _block_linears(model)]
     zeros = sum(int((w == 0).sum()) for w in weights)
     return zeros / sum(w.numel() for w in weights)
@@ -110,6 +128,7 @@ def select_structures(
 ) -> list[tuple[Tensor, Tensor]]:
     """For each block, the indices of the heads and MLP neurons to keep (sorted)."""
     require_plain(model, "Head and neuron pruning")
+    require_float(model, "Head and neuron pruning")
     _check_fraction(ratio, "ratio", "the fraction of heads and neurons removed (1 or more would remove every head)")
     chosen = set(range(len(model.blocks)) if blocks is None else blocks)
     if not chosen <= set(range(len(model.blocks))):

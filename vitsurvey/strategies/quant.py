@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import is_whole
+from ..models import VisionTransformer
 from ..models.layers import merge_heads, split_qkv
 
 __all__ = [
@@ -307,6 +308,23 @@ class QuantConfig:
                 raise ValueError(f"Unknown {name} quantizer {value!r}; use one of {', '.join(choices)}.")
 
 
+def _require_float_vit(vit: torch.nn.Module) -> None:
+    """Refuse, before any work, what QuantViT cannot simulate: it rewrites the blocks of vitsurvey's float
+    VisionTransformer with softmax attention, so a timm model, a wrapped one (ToMe, EViT, a token step) or an
+    already quantized one is named and the supported model said."""
+    if not isinstance(vit, VisionTransformer):
+        raise TypeError(f"QuantViT simulates quantization of vitsurvey's float VisionTransformer, not of a "
+                        f"{type(vit).__module__}.{type(vit).__name__}: quantize the plain model (token reduction such as ToMe cannot be "
+                        "combined with it; a timm model can be quantized with dynamic_int8).")
+    if vit.cfg.mixer != "attention":
+        raise ValueError(f"QuantViT needs softmax attention in every block; this model has mixer {vit.cfg.mixer!r}.")
+    odd = sorted({f"{type(m).__module__}.{type(m).__name__}" for b in vit.blocks
+                  for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2) if type(m) is not torch.nn.Linear})
+    if odd:
+        raise TypeError(f"QuantViT needs float nn.Linear layers; this model's blocks hold {', '.join(odd)}: give it "
+                        "the float model.")
+
+
 class QuantViT(torch.nn.Module):
     """Simulated (fake) quantization of a :class:`~vitsurvey.models.VisionTransformer`, attention included.
 
@@ -319,6 +337,7 @@ class QuantViT(torch.nn.Module):
 
     def __init__(self, vit: torch.nn.Module, config: QuantConfig) -> None:
         super().__init__()
+        _require_float_vit(vit)
         self.vit, self.config = vit, config
         self.quantizers: dict[str, object] | None = None
 
