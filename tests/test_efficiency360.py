@@ -194,8 +194,8 @@ def test_card_has_every_dimension_once_measured():
     x, y = _images(64, seed=3), torch.arange(10).repeat(7)[:64]
     members = (_images(64, seed=4), torch.arange(10).repeat(7)[:64])
     table = e360.card(vit, (x, y), members, INFO, resamples=10)
-    assert {"accuracy", "robustness", "probabilistic", "fairness", "privacy", "inclusiveness", "transparency",
-            "spectral complexity"} == set(table["dimension"])
+    assert {"accuracy", "robustness", "probabilistic", "fairness", "privacy", "inclusiveness", "transparency"} == set(
+        table["dimension"])  # spectral complexity is unidentifiable for a ViT: see the LayerNorm test
     assert table["value"].notna().all() and set(table["better"]) == {"higher", "lower"}
     top1 = table.loc[table["quantity"] == "top-1 (%)", "value"].item()
     assert top1 == pytest.approx(100.0 * (vit(x).argmax(-1) == y).float().mean().item())
@@ -237,18 +237,19 @@ def test_class_incremental_trains_task_by_task_and_replay_keeps_old_classes():
         e360.class_incremental(build, train_set, test_set, prof, replay_per_class=-1, tasks=2)
 
 
-def test_card_with_a_reference_and_macs_adds_approximation_complexity_and_spectral_rows():
+def test_card_with_a_reference_and_macs_adds_approximation_and_complexity_rows():
     vit = _tiny_vit()
     x, y = _images(64, seed=3), torch.arange(10).repeat(7)[:64]
     members = (_images(64, seed=4), y)
     table = e360.card(vit, (x, y), members, INFO, resamples=10, reference=vit, macs=1234.0)
-    assert {"approximation", "computational complexity", "spectral complexity"} <= set(table["dimension"])
+    assert {"approximation", "computational complexity"} <= set(table["dimension"])
+    assert "spectral complexity" not in set(table["dimension"])
     by = table.set_index("quantity")["value"]
     assert by["top-1 agreement with the reference (%)"] == 100.0
     assert by["KL divergence from the reference (nats)"] == pytest.approx(0.0, abs=1e-6)
     assert by["MACs per image"] == 1234.0
     assert by["rollout correlation with the reference"] == pytest.approx(1.0)
-    assert 0 <= by["deletion area of attention rollout"] <= 1
+    assert by["deletion area, rollout order / random order"] > 0
     plain = e360.card(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (x, y), members, INFO, resamples=10)
     assert "transparency" not in set(plain["dimension"])  # rollout needs a ViT with a class token
 
@@ -400,3 +401,161 @@ def test_a_transfer_attack_is_crafted_on_the_source_and_scored_on_the_model():
     clean = 100.0 * (e360.logits_of(int8, x).argmax(-1) == y).float().mean().item()
     assert transfer["top1"].iloc[0] == pytest.approx(clean) and len(transfer) == 2
     assert e360.device_of(nn.GELU()) == torch.device("cpu") and e360.device_of(vit) == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- measures that can fail
+
+
+def test_an_empty_set_has_no_calibration_and_no_temperature():
+    for fn in (e360.calibration, e360.fit_temperature):
+        with pytest.raises(ValueError, match="no images"):
+            fn(torch.zeros(0, 10), torch.zeros(0, dtype=torch.long))
+        with pytest.raises(ValueError, match="expected logits"):
+            fn(torch.zeros(4, 10), torch.zeros(3, dtype=torch.long))
+
+
+def test_relative_corruption_error_subtracts_the_clean_error():
+    # model: clean error 10, errors 20 and 30 at two severities: degradation (20 - 10) + (30 - 10) = 30
+    model = pd.DataFrame({"corruption": ["a"] * 3 + ["b"] * 3, "severity": [0, 1, 2] * 2,
+                          "top1": [90, 80, 70, 90, 85, 85.0], "n": 10})
+    # reference: clean error 40, errors 50 and 70: degradation 10 + 30 = 40 on a; none on b
+    ref = pd.DataFrame({"corruption": ["a"] * 3 + ["b"] * 3, "severity": [0, 1, 2] * 2,
+                        "top1": [60, 50, 30, 60, 60, 60.0], "n": 10})
+    out = e360.relative_corruption_error(model, ref).set_index("corruption")
+    assert out.loc["a", "relative ce"] == pytest.approx(30 / 40)
+    assert math.isnan(out.loc["b", "relative ce"]) and not out.loc["b", "defined"]
+    assert out.loc["mean", "relative ce"] == pytest.approx(30 / 40)
+    # the plain CE rewards the model for its clean accuracy: (20 + 30) / (50 + 70), well below the relative one
+    assert e360.corruption_error(model, ref).set_index("corruption").loc["a", "ce"] == pytest.approx(50 / 120)
+    with pytest.raises(ValueError, match="no severity 0 rows"):
+        e360.relative_corruption_error(model[model["severity"] > 0], ref)
+
+
+def test_corrupted_correctness_pairs_the_corruptions_on_the_same_images():
+    x = _images(40, seed=8)
+    y = _MeanBrightness()(x).argmax(-1)
+    right = e360.corrupted_correctness(_MeanBrightness(), x, y, INFO, 3)
+    assert right.shape == (len(e360.CORRUPTIONS), 40) and right.dtype == torch.bool
+    table = e360.corruption_accuracy(_MeanBrightness(), x, y, INFO, severities=(3,))
+    assert (100.0 * right.float().mean(1)).tolist() == pytest.approx(table["top1"].tolist())
+    # the card's standard error is over images of their share of corruptions survived
+    vit, y = _tiny_vit(), torch.arange(10).repeat(4)
+    card = e360.card(vit, (x, y), (x, y), INFO, resamples=5, explain=0)
+    row = card[card["quantity"].str.startswith("top-1 under corruption")].iloc[0]
+    share = 100.0 * e360.corrupted_correctness(vit, x, y, INFO, 3).float().mean(0)
+    assert row["value"] == pytest.approx(share.mean().item())
+    assert row["se"] == pytest.approx(share.std().item() / math.sqrt(40))
+
+
+def test_membership_scores_are_the_logit_of_the_true_class_probability():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [30.0, -30.0, 0.0]])
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return logits[: len(x)]
+
+    x, y = torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 0])
+    p = logits.softmax(-1)
+    by_hand = [math.log(p[0, 0] / (1 - p[0, 0])), math.log((1 / 3) / (2 / 3)), 30.0 - math.log(math.exp(-60) + 1)]
+    assert e360.membership_scores(Fixed(), x, y).tolist() == pytest.approx(by_hand, rel=1e-5)  # finite where p -> 1
+
+
+def test_shadow_splits_put_every_image_in_exactly_half_of_the_shadows():
+    splits = e360.shadow_splits(50, 4, seed=1)
+    assert splits.shape == (4, 50) and (splits.sum(0) == 2).all()
+    assert not torch.equal(splits[0], splits[1])
+    with pytest.raises(ValueError, match="even whole number"):
+        e360.shadow_splits(50, 3)
+
+
+def test_lira_uses_each_images_own_threshold_where_the_loss_threshold_cannot():
+    # 200 images of very different difficulty: without training on an image, a model scores it at its difficulty
+    # (shadows: difficulty + small noise); a member scores 1 higher. One threshold for all cannot tell them apart.
+    g = torch.Generator().manual_seed(0)
+    difficulty = torch.randn(200, generator=g) * 20
+    member = torch.arange(200) < 100
+    target = difficulty + member.float()
+    splits = e360.shadow_splits(200, 4, seed=0)
+    shadow = difficulty + 0.1 * torch.randn(4, 200, generator=g) + splits.float()  # each shadow's own members: +1
+    from sklearn.metrics import roc_auc_score
+
+    global_auc = roc_auc_score(member.numpy(), target.numpy())
+    lira = e360.lira_offline(target, shadow, splits, fix_variance=True, one_sided=True)
+    assert abs(global_auc - 0.5) < 0.1 and roc_auc_score(member.numpy(), lira.numpy()) > 0.99
+    # one image by hand: the median of its two out-shadows, the spread of all out-scores, the normal CDF
+    out = ~splits[:, 0]
+    mu = shadow[out, 0].median().item() if out.sum() % 2 else shadow[out, 0].mean().item()
+    sd = shadow[~splits].double().std(unbiased=False).item()
+    by_hand = 0.5 * (1 + math.erf((target[0].item() - mu) / (sd * math.sqrt(2))))
+    assert lira[0].item() == pytest.approx(by_hand, rel=1e-5)
+    # the authors' code's default, minus the log-density: symmetric in the distance from the median
+    two = e360.lira_offline(target, shadow, splits, fix_variance=True)
+    z = (target[0].item() - mu) / sd
+    assert two[0].item() == pytest.approx(0.5 * z * z + math.log(sd * math.sqrt(2 * math.pi)), rel=1e-5)
+    with pytest.raises(ValueError, match="two or more shadows"):
+        e360.lira_offline(target, shadow[:2], e360.shadow_splits(200, 2))
+    with pytest.raises(ValueError, match="Expected target scores"):
+        e360.lira_offline(target[:5], shadow, splits)
+
+
+def test_damage_gap_measures_what_compression_takes_from_a_group_against_the_rest():
+    group = torch.arange(8) < 4  # images 0-3: the rare classes
+    before = [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]]
+    after = [[0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 0]]  # seed 1: the group loses 25, the rest 0
+    out = e360.damage_gap(after, before, group.numpy())
+    assert out["change in group"] == pytest.approx(-37.5) and out["change in rest"] == pytest.approx(-12.5)
+    assert out["gap"] == pytest.approx(((-25 - 0) + (-50 + 25)) / 2) and out["low"] < out["gap"] < out["high"]
+    assert out["se"] > 0 and out["seeds"] == 2
+    with pytest.raises(ValueError, match="at least two test images"):
+        e360.damage_gap(after, before, (torch.arange(8) < 1).numpy())
+
+
+def test_deletion_is_judged_against_the_same_models_random_order():
+    vit, x = _tiny_vit(), _images(16, seed=9)
+    out = e360.deletion_versus_random(vit, x, seed=1)
+    assert out["ratio"] == pytest.approx(out["rollout area"] / out["random area"])
+    assert out["random area"] == pytest.approx(e360.curve_area(out["random curve"]))
+    with pytest.raises(TypeError, match="no attention rollout"):
+        e360.deletion_versus_random(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), x)
+
+
+def test_layernorm_leaves_spectral_complexity_unidentifiable():
+    # scale every matrix that writes into the residual stream: every LayerNorm divides the factor out again, so the
+    # function is the same while the spectral measure grows by the factor to the power of those matrices
+    vit, x = _tiny_vit(), _images(4, seed=10)
+    scaled = _tiny_vit()
+    with torch.no_grad():
+        for t in (scaled.patch_embed.proj.weight, scaled.patch_embed.proj.bias, scaled.cls_token, scaled.pos_embed,
+                  *(p for b in scaled.blocks for p in (b.attn.proj.weight, b.attn.proj.bias, b.mlp.fc2.weight,
+                                                       b.mlp.fc2.bias))):
+            t.mul_(10.0)
+    assert torch.allclose(vit(x), scaled(x), atol=1e-3)
+    grown = (e360.spectral_complexity(scaled)["log10 spectral complexity"]
+             - e360.spectral_complexity(vit)["log10 spectral complexity"])
+    assert grown == pytest.approx(1 + 2 * len(vit.blocks), abs=1e-3)  # patch embedding + two matrices per block
+
+
+def test_class_incremental_measures_compressed_variants_after_each_task():
+    from vitsurvey import profiles
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28, generator=g), torch.arange(4).repeat(16)
+    prof = profiles.get_profile("smoke", resolve_data=False).replace(epochs=1, batch_size=16, augment=False)
+
+    table = e360.class_incremental(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 4)), (x, y), (x, y), prof,
+                                   tasks=2, variants={"halved": _Halved})  # a "compression" keeping every prediction
+    assert set(table["model"]) == {"as trained", "halved"}
+    a, b = (table[table["model"] == m].reset_index(drop=True) for m in ("as trained", "halved"))
+    assert a["top1"].tolist() == b["top1"].tolist()  # halving logits keeps every prediction
+    with pytest.raises(ValueError, match="several models"):
+        e360.continual_summary(table)
+    assert e360.continual_summary(a)["average accuracy"] == pytest.approx(a[a["after task"] == 2]["top1"].mean())
+
+
+class _Halved(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) / 2

@@ -146,6 +146,24 @@ class Profile:
     e360_epochs: int = 3
     dp_epsilons: tuple[float, ...] = (1.0, 8.0)
     """Privacy budgets of the differentially private trainings (delta: a tenth of 1 / training images)."""
+    dp_train_sizes: tuple[int, ...] = (250, 1000)
+    """Training-set sizes of notebook 10's privacy study: at each, a non-private model and one per budget are trained
+    on that many images, attacked against as many never trained on (so 2 x the largest, plus the smallest for
+    tuning, must fit in the training split)."""
+    dp_epochs: int = 12
+    """Epochs of the privacy study's non-private models and shadow models (long enough to fit their few images)."""
+    dp_batch_size: int = 64
+    """Batch size (expected, under DP's Poisson sampling) of every model of the privacy study."""
+    dp_shadows: int = 4
+    """Shadow models of the membership attack (LiRA) per training-set size: an even number, each image left out by
+    half of them."""
+    dp_clip_norms: tuple[float, ...] = (0.5, 2.0)
+    """Per-image gradient norms DP-SGD clips to, tried on the validation images (with ``dp_lrs`` and
+    ``dp_epoch_choices``: the tuning grid)."""
+    dp_lrs: tuple[float, ...] = (1e-3, 4e-3)
+    """Learning rates of private training tried on the validation images."""
+    dp_epoch_choices: tuple[int, ...] = (4, 8)
+    """Epochs of private training tried on the validation images (more epochs at one budget: more noise per step)."""
     # scaling study in notebook 01: ViT-Ti at these image sizes
     resolutions: tuple[int, ...] = (224,)
     timing_batch: int = 4
@@ -192,6 +210,10 @@ class Profile:
             v = getattr(self, name)
             if not v or not all(is_whole(b, minimum=1) for b in v):
                 problems.append(f"{name} must list whole numbers >= 1, not {v!r}")
+        for name in _POSITIVE_FLOAT_TUPLES:
+            v = getattr(self, name)
+            if not v or not all(number(b) and b > 0 for b in v):
+                problems.append(f"{name} must list positive finite numbers, not {v!r}")
         if problems:
             raise ValueError(f"Profile {self.name!r}: " + "; ".join(problems) + ".")
 
@@ -236,7 +258,7 @@ class Profile:
 
 _POSITIVE_INTS = ("seeds", "epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
                   "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
-                  "multiplex_epochs", "multiplex_k", "e360_epochs")
+                  "multiplex_epochs", "multiplex_k", "e360_epochs", "dp_epochs", "dp_batch_size", "dp_shadows")
 _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "val_samples", "token_baseline_epochs", "s3_models",
                            "finetune_samples", "token_finetune_samples", "student_samples", "teacher_epochs",
                            "mixer_samples", "mixer_models", "multiplex_samples", "e360_samples", "e360_train_samples",
@@ -244,7 +266,9 @@ _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "val_samples", "toke
 _NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
 _POSITIVE_FLOATS = ("lr", "finetune_lr")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "warmup_epochs", "bench_min_seconds", "timing_tolerance")
-_POSITIVE_INT_TUPLES = ("bench_batch_sizes", "sweep_batch_sizes", "resolutions", "mixer_grids", "teacher_channels")
+_POSITIVE_INT_TUPLES = ("bench_batch_sizes", "sweep_batch_sizes", "resolutions", "mixer_grids", "teacher_channels",
+                        "dp_train_sizes", "dp_epoch_choices")
+_POSITIVE_FLOAT_TUPLES = ("dp_clip_norms", "dp_lrs", "dp_epsilons")
 
 
 def _fmnist_vit(**kw: object) -> ViTConfig:
@@ -306,6 +330,13 @@ PROFILES: dict[str, Profile] = {
         e360_samples=64,
         e360_train_samples=256,
         e360_epochs=1,
+        dp_train_sizes=(64, 128),
+        dp_epochs=2,
+        dp_batch_size=32,
+        dp_shadows=2,
+        dp_clip_norms=(1.0,),
+        dp_lrs=(2e-3,),
+        dp_epoch_choices=(1,),
     ),
     "cpu": Profile(
         name="cpu",
@@ -339,6 +370,9 @@ PROFILES: dict[str, Profile] = {
         # 4,000 per model notebook 10 trains itself (from 10,000); multiplexers train for 2 epochs (from 3, notebooks 09
         # and 12); and notebook 04's token grids stop at 32 x 32 (1,024 tokens, beyond every mixer's crossover) instead
         # of 64 x 64, whose timings took most of its time.
+        # Notebook 10's privacy study (the dp_ fields, defaults above) trains on 250 and 1,000 images, 4 shadow models
+        # per size, DP-SGD tuned over 2 clip norms x 2 learning rates x 2 epoch counts at 250 images: about 6 minutes,
+        # in place of the 4 minutes its former private trainings on 4,000 images took.
         mixer_grids=(4, 8, 16, 32),
         student_samples=15_000,
         multiplex_samples=12_000,
@@ -387,6 +421,13 @@ PROFILES: dict[str, Profile] = {
         e360_train_samples=None,
         e360_epochs=10,
         dp_epsilons=(1.0, 3.0, 8.0),
+        dp_train_sizes=(1_000, 4_000),
+        dp_epochs=20,
+        dp_batch_size=256,
+        dp_shadows=8,
+        dp_clip_norms=(0.5, 1.0, 2.0),
+        dp_lrs=(5e-4, 1e-3, 4e-3),
+        dp_epoch_choices=(10, 20),
         protocol_models=_PROTOCOL_MODELS,
     ),
 }

@@ -1,7 +1,16 @@
 """The 360 card: every per-model dimension of S1 measured on one model, one row per quantity with its standard
 error where one is defined (:func:`card`), and several cards set against a reference model's
 (:func:`relative_to`). The dimensions that train a model (privacy by DP, inclusiveness by imbalance,
-continual learning) are separate experiments, not rows of the card."""
+continual learning) are separate experiments, not rows of the card.
+
+Spectral complexity is not on the card. Bartlett et al.'s measure is a product of the weight matrices' norms, and
+a ViT's LayerNorms make that product unidentifiable: scaling every matrix that writes into the residual stream
+(patch embedding, attention and MLP output projections) by the same factor scales the stream, which every
+LayerNorm divides out again, so the model computes exactly the same function while the measure changes by a power
+of the factor (and the LayerNorm gains trade scale with the matrices after them in the same way). Dividing it by
+the margin (Bartlett et al.'s normalisation) does not help, as the margin is a property of the unchanged
+function. :func:`~vitsurvey.studies.efficiency360.complexity.spectral_complexity` remains, for networks without
+normalisation."""
 
 from __future__ import annotations
 
@@ -15,14 +24,13 @@ from torch import Tensor, nn
 
 from ...metrics import top1_se
 from .approximation import agreement
-from .complexity import spectral_complexity
 from .evaluation import check_images, logits_of, top1_of
 from .fairness import fairness_summary, per_class_accuracy
 from .inclusiveness import who_can_run
 from .privacy import membership_auc
 from .probabilistic import calibration, fit_temperature
-from .robustness import adversarial_accuracy, corruption_accuracy
-from .transparency import attention_rollout, curve_area, deletion_curve, explainable, rollout_agreement
+from .robustness import adversarial_accuracy, corrupted_correctness
+from .transparency import deletion_versus_random, explainable, rollout_agreement
 
 if TYPE_CHECKING:
     from ...data import DatasetInfo
@@ -73,8 +81,12 @@ def card(
     ``reference``: the model this one was compressed from (adds the approximation rows, :func:`agreement`);
     ``macs``: its multiply-accumulates per image, counted by the caller (adds computational complexity).
     Transparency rows (for vitsurvey's ViT with a class token: the deletion-curve area of its attention
-    rollout, and against a ``reference`` ViT with the same patches, how well their rollouts correlate) use
-    the first ``explain`` test images (0: leave them out).
+    rollout over that of its own random deletion order, :func:`deletion_versus_random`, and against a
+    ``reference`` ViT with the same patches, how well their rollouts correlate) use the first ``explain`` test
+    images (0: leave them out).
+
+    The corruption row is the mean top-1 over the corruptions, all applied to the same images: its standard
+    error is that of each image's share of corruptions it survives (the corruptions paired on the image).
     """
     x, y = test
     check_images(x, y)
@@ -92,10 +104,10 @@ def card(
 
     top1 = top1_of(model, x, y)
     add("accuracy", "top-1 (%)", top1, top1_se(top1, len(y)), "higher", len(y))
-    corrupted = corruption_accuracy(model, x, y, info, severities=(severity,), seed=seed)
-    mean_c = float(corrupted["top1"].mean())
-    add("robustness", f"top-1 under corruption, severity {severity} (%)", mean_c, top1_se(mean_c, len(y)) / math.sqrt(
-        len(corrupted)), "higher", len(y))
+    survived = 100.0 * corrupted_correctness(model, x, y, info, severity, seed=seed).float().mean(0)  # per image
+    se_c = float(survived.std(unbiased=True)) / math.sqrt(len(y)) if len(y) > 1 else math.nan
+    add("robustness", f"top-1 under corruption, severity {severity} (%)", float(survived.mean()), se_c, "higher",
+        len(y))
     adv = adversarial_accuracy(model, x, y, info, (epsilon,), attacks=("fgsm",), source=source)
     adv_top1 = float(adv["top1"].iloc[0])
     add("robustness", f"top-1 under FGSM, epsilon {epsilon:.4f} (%)", adv_top1, top1_se(adv_top1, len(y)), "higher", len(y))
@@ -127,16 +139,15 @@ def card(
         add("approximation", "KL divergence from the reference (nats)", close["kl"], None, "lower", len(y))
     if explain > 0 and explainable(model):
         ex = x[:explain]
-        area = curve_area(deletion_curve(model, ex, attention_rollout(model, ex), model.cfg.patch_size))
-        add("transparency", "deletion area of attention rollout", area, None, "lower", len(ex))
+        deletion = deletion_versus_random(model, ex, seed)
+        add("transparency", "deletion area, rollout order / random order", float(deletion["ratio"]), None, "lower",
+            len(ex))
         if reference is not None and explainable(reference) and reference.cfg.grid == model.cfg.grid:
             agree = rollout_agreement(model, reference, ex)
             add("transparency", "rollout correlation with the reference", agree["correlation"], agree["se"], "higher",
                 len(ex))
     if macs is not None:
         add("computational complexity", "MACs per image", float(macs), None, "lower", 1)
-    add("spectral complexity", "log10 spectral complexity", spectral_complexity(model)["log10 spectral complexity"],
-        None, "lower", 1)
     return pd.DataFrame(rows)
 
 

@@ -20,7 +20,7 @@ from .fairness import per_class_accuracy
 if TYPE_CHECKING:
     from ...profiles import Profile
 
-__all__ = ["imbalanced_indices", "imbalanced_training", "who_can_run"]
+__all__ = ["control_indices", "imbalanced_indices", "imbalanced_training", "who_can_run"]
 
 
 def who_can_run(model: nn.Module, input_shape: tuple[int, int, int], iters: int = 20) -> dict[str, float]:
@@ -54,6 +54,16 @@ def imbalanced_indices(labels: Tensor, rare: Sequence[int], keep: float, seed: i
     return torch.cat(parts).sort().values
 
 
+def control_indices(n: int, size: int, seed: int = 0) -> Tensor:
+    """Indices of the control's training subset in :func:`imbalanced_training`: a seeded random ``size`` of the
+    ``n`` training images, so the classes keep the proportions they have in the data (balanced in expectation
+    on a class-balanced data set)."""
+    if not 0 < size <= n:
+        raise ValueError(f"The control draws between 1 and all {n} training images, not {size}.")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
 def imbalanced_training(
     build: Callable[[], nn.Module],
     train_set: tuple[Tensor, Tensor],
@@ -66,13 +76,13 @@ def imbalanced_training(
     """Our reading of inclusiveness as accuracy: how well a model serves classes that are under-represented
     in its training data. One model trained (:func:`vitsurvey.train.fit`, the profile's settings) on an
     imbalanced subset (:func:`imbalanced_indices`) and one, the control, on a class-balanced random subset
-    of the same size; one row per (training set, class) with top-1 (%), ``n`` and whether the class was rare."""
+    of the same size (:func:`control_indices`); one row per (training set, class) with top-1 (%), ``n`` and
+    whether the class was rare."""
     (xs, ys), (xt, yt) = train_set, test_set
     check_images(xs, ys)
     check_images(xt, yt)
     skewed = imbalanced_indices(ys, rare, keep, seed)
-    g = torch.Generator().manual_seed(seed)
-    balanced = torch.randperm(len(ys), generator=g)[: len(skewed)].sort().values
+    balanced = control_indices(len(ys), len(skewed), seed)
     test_loader = tensor_loader(xt, yt, 256)
     frames = []
     for name, idx in (("imbalanced", skewed), ("balanced (control)", balanced)):

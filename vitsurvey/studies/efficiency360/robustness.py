@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ...data import DatasetInfo
 
 __all__ = [
-    "CORRUPTIONS", "SEVERITIES", "adversarial_accuracy", "corrupt", "corruption_accuracy", "corruption_error",
-    "perturb",
+    "CORRUPTIONS", "SEVERITIES", "adversarial_accuracy", "corrupt", "corrupted_correctness", "corruption_accuracy",
+    "corruption_error", "perturb", "relative_corruption_error",
 ]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -97,6 +97,31 @@ def corruption_accuracy(
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def corrupted_correctness(
+    model: nn.Module, images: Tensor, labels: Tensor, info: DatasetInfo, severity: int,
+    corruptions: Sequence[str] | None = None, seed: int = 0,
+) -> Tensor:
+    """Whether the model is right on every image under every corruption at ``severity``: a (corruptions, N)
+    boolean tensor. Every corruption is applied to the same images, so the rows are paired: the standard error of
+    the mean over corruptions is that of each image's mean over the rows (see :func:`vitsurvey.efficiency360.card`),
+    not a binomial one divided by the square root of the number of corruptions, which treats them as independent."""
+    check_images(images, labels)
+    names = list(corruptions or CORRUPTIONS)
+    return torch.stack([logits_of(model, corrupt(images, info, name, severity, seed)).argmax(-1) == labels
+                        for name in names])
+
+
+def _degradation(table: pd.DataFrame, name: str, who: str) -> float:
+    """``sum_s (E_s - E_clean)`` of one corruption over the severities above 0 of a :func:`corruption_accuracy`
+    table (errors in %), the clean error read from its severity 0 rows."""
+    corrupted = table[(table["corruption"] == name) & (table["severity"] > 0)]
+    if corrupted.empty:
+        raise KeyError(f"{who} has no rows for corruption {name!r} at severities 1-5.")
+    clean_error = 100.0 - float(table[table["severity"] == 0]["top1"].iloc[0])
+    return float((100.0 - corrupted["top1"] - clean_error).sum())
+
+
 def corruption_error(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     """Hendrycks & Dietterich's corruption error of a model against a reference model: for each corruption,
     the model's errors summed over severities 1-5 divided by the reference's, and their mean (row ``mean``).
@@ -112,6 +137,30 @@ def corruption_error(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFra
         rows.append({"corruption": name, "ce": (100.0 - own["top1"]).sum() / ref_err})
     out = pd.DataFrame(rows)
     return pd.concat([out, pd.DataFrame([{"corruption": "mean", "ce": out["ce"].mean()}])], ignore_index=True)
+
+
+def relative_corruption_error(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Hendrycks & Dietterich's relative corruption error: for each corruption c, how much accuracy the model
+    loses to it against how much the reference loses, ``sum_s (E_s,c - E_clean) / sum_s (E^ref_s,c - E^ref_clean)``
+    over severities 1-5, and their mean (row ``mean``: the relative mCE). Unlike :func:`corruption_error` it does not
+    reward a model for being more accurate on clean images: 1 means it degrades as much as the reference.
+
+    Both tables need severity 0 rows (the clean accuracy; ``corruption_accuracy(..., severities=(0, 1, 2, 3, 4,
+    5))``). Where the reference loses nothing to a corruption (its summed degradation is 0 or below) the ratio is
+    undefined: that row is NaN and the mean is over the others (column ``defined``)."""
+    for who, t in (("The model's table", table), ("The reference's table", reference)):
+        if not (t["severity"] == 0).any():
+            raise ValueError(f"{who} has no severity 0 rows: the relative corruption error subtracts the clean "
+                             "error; measure with severities=(0, *SEVERITIES).")
+    rows = []
+    for name in dict.fromkeys(table.loc[table["severity"] > 0, "corruption"]):
+        own_deg, ref_deg = _degradation(table, name, "The model's table"), _degradation(reference, name, "The reference")
+        defined = ref_deg > 0
+        rows.append({"corruption": name, "relative ce": own_deg / ref_deg if defined else math.nan,
+                     "defined": defined})
+    out = pd.DataFrame(rows)
+    mean = {"corruption": "mean", "relative ce": out["relative ce"].mean(), "defined": bool(out["defined"].any())}
+    return pd.concat([out, pd.DataFrame([mean])], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- adversarial perturbations

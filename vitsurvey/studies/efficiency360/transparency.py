@@ -19,7 +19,8 @@ from ...device import device_of
 from ...models import VisionTransformer, require_plain
 from .evaluation import logits_of
 
-__all__ = ["attention_rollout", "curve_area", "deletion_curve", "explainable", "rollout_agreement"]
+__all__ = ["attention_rollout", "curve_area", "deletion_curve", "deletion_versus_random", "explainable",
+           "rollout_agreement"]
 
 
 def explainable(model: nn.Module) -> bool:
@@ -80,6 +81,23 @@ def curve_area(curve: pd.DataFrame) -> float:
     """Area under a deletion curve (trapezoids over the fraction deleted)."""
     x, y = curve["fraction deleted"].to_numpy(float), curve["probability"].to_numpy(float)
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def deletion_versus_random(model: nn.Module, images: Tensor, seed: int = 0) -> dict[str, object]:
+    """The deletion area of the model's attention rollout against its own random-order reference: the same model,
+    the same images, patches deleted in a seeded random order per image. A raw area depends on how fast the
+    model's confidence falls under any deletion (a model that relies on few patches falls fast whatever the
+    order), so only the ratio ``rollout / random`` compares models: below 1, the map ranks the patches the model
+    needs first; 1, no better than chance. Returns both areas, their ratio and both curves."""
+    if not explainable(model):
+        raise TypeError(f"{type(model).__name__} has no attention rollout (see explainable()).")
+    g = torch.Generator().manual_seed(seed)
+    patch = model.cfg.patch_size
+    ranked = deletion_curve(model, images, attention_rollout(model, images), patch)
+    shuffled = deletion_curve(model, images, torch.rand(len(images), model.cfg.grid**2, generator=g), patch)
+    a, b = curve_area(ranked), curve_area(shuffled)
+    return {"rollout area": a, "random area": b, "ratio": a / b if b > 0 else math.nan, "rollout curve": ranked,
+            "random curve": shuffled}
 
 
 def rollout_agreement(model: nn.Module, reference: nn.Module, images: Tensor) -> dict[str, float]:
