@@ -2,13 +2,14 @@
 #   make run    set up .venv/ and execute every notebook headlessly (default profile)
 #   make test   set up .venv/ and run the unit tests and nbval over the notebooks (smoke profile)
 #   make test-fast  the unit tests only: no notebooks, nothing marked slow (under 2 minutes on 2 cores)
+#   make gpu-rehearse / make gpu-pack   the prepared GPU run, rehearsed on this CPU / packed for a GPU machine
 #   make book   the notebook site (Sphinx, myst-nb, sphinx-book-theme) in build/book (nothing is executed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast book setup clean
+.PHONY: run test test-fast book setup clean gpu-rehearse gpu-pack
 
 run: $(STAMP)
 	$(BIN)/python -m vitsurvey run
@@ -23,6 +24,13 @@ book: $(STAMP)
 	$(BIN)/python -m vitsurvey book
 
 setup: $(STAMP)
+
+# the GPU run: rehearsed on this CPU at tiny sizes; packed for a GPU machine without a network (README, GPU run)
+gpu-rehearse: $(STAMP)
+	$(BIN)/python -m vitsurvey gpu-run --rehearse
+
+gpu-pack: $(STAMP)
+	$(BIN)/python -m vitsurvey gpu-pack build/gpu-pack
 
 # constraints.txt pins the tested set (torch 2.13.0 CPU build here; on a GPU machine the same pin
 # installs that platform's build). The check below fails set-up if CUDA packages arrived anyway on a

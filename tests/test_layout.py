@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("strategies", "checkpoints"),
     ("train", "measure", "distributed"),
     ("studies", "plots"),
-    ("notebooks", "book", "__main__", "mixers", "efficiency360", "leaderboard", "__init__"),
+    ("notebooks", "book", "__main__", "gpu", "mixers", "efficiency360", "leaderboard", "__init__"),
 ]
 
 

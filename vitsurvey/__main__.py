@@ -1,4 +1,5 @@
-"""Command line: ``python -m vitsurvey doctor | profile MODEL | timing-check | run [NOTEBOOK ...] | train | book | leaderboard``.
+"""Command line: ``python -m vitsurvey doctor | profile MODEL | timing-check | run [NOTEBOOK ...] | train | book |
+leaderboard | gpu-run | gpu-pack DIR``.
 
 Argument parsing, one function per command that hands the arguments to the package and prints what comes
 back, and the mapping of errors to exit statuses (:data:`EXIT_FAILED`, :data:`EXIT_USAGE`): a user's mistake
@@ -204,6 +205,21 @@ def book(args: argparse.Namespace) -> int:
     return 0
 
 
+def gpu_run(args: argparse.Namespace) -> int:
+    """Run every GPU measurement in one process (:mod:`vitsurvey.gpu.run`); exit 1 if a step failed or was skipped
+    for time."""
+    from .gpu import run as gpu_run_
+
+    return gpu_run_.command(args)
+
+
+def gpu_pack(args: argparse.Namespace) -> int:
+    """Fill a folder with what an offline GPU machine needs for gpu-run (:mod:`vitsurvey.gpu.pack`)."""
+    from .gpu import pack as gpu_pack_
+
+    return gpu_pack_.command(args)
+
+
 def leaderboard(args: argparse.Namespace) -> int:
     """Print the newest leaderboard from the results file; nothing is rerun."""
     from .studies import leaderboard as board_
@@ -270,6 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--sort", default=None, help="the column to order by (default: top1); costs ascending")
     b.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: the profile measured last)")
     b.set_defaults(func=leaderboard)
+    from .gpu import add_pack_arguments, add_run_arguments
+
+    g = sub.add_parser("gpu-run", help="every GPU measurement in one process, within 8 minutes on one H100/H200 "
+                                       "(--rehearse: all of it on this CPU at tiny sizes)")
+    add_run_arguments(g)
+    g.set_defaults(func=gpu_run)
+    w = sub.add_parser("gpu-pack", help="gather the wheels, data and install-and-run script an offline GPU machine "
+                                        "needs for gpu-run")
+    add_pack_arguments(w)
+    w.set_defaults(func=gpu_pack)
     args = parser.parse_args(argv)
     return _guarded(args)
 

@@ -149,7 +149,7 @@ def select_structures(
 
 
 def _head_rows(heads: Tensor, head_dim: int) -> Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
 @torch.no_grad()
