@@ -172,6 +172,16 @@ def versus(a: float, b: float, n: int, name: str = "the control") -> str:
 # --------------------------------------------------------------------------- two classifiers on the same test images
 
 
+def _phrase(comparison: Any, name: str, alpha: float, who: str) -> str:
+    """A comparison's verdict as text: ``higher than NAME: ...``, or, where it cannot separate the two, ``inconclusive
+    at this precision against NAME: ...; WHO could detect about X points (80% power)``."""
+    verdict = comparison.verdict(alpha)
+    if verdict == "within noise":
+        return (f"inconclusive at this precision against {name}: {comparison.format()}; {who} could detect about "
+                f"{comparison.detectable:.2f} points (80% power)")
+    return f"{verdict} than {name}: {comparison.format()}"
+
+
 @dataclass(frozen=True)
 class Paired:
     """Two classifiers compared on the same test images: the accuracy difference ``a - b`` (percentage points) with a
@@ -222,11 +232,7 @@ class Paired:
     def phrase(self, name: str = "the control", alpha: float = 0.05) -> str:
         """``higher than the control: +1.20 points (...)`` or ``inconclusive at this precision against the control:
         ...; this test set could detect about 1.1 points (80% power)``."""
-        verdict = self.verdict(alpha)
-        if verdict == "within noise":
-            return (f"inconclusive at this precision against {name}: {self.format()}; this test set could detect "
-                    f"about {self.detectable:.2f} points (80% power)")
-        return f"{verdict} than {name}: {self.format()}"
+        return _phrase(self, name, alpha, "this test set")
 
 
 def _correct(predictions: Iterable, labels: Iterable | None) -> np.ndarray:
@@ -351,11 +357,7 @@ class SeededPaired:
     def phrase(self, name: str = "the control", alpha: float = 0.05) -> str:
         """``higher than the control: ...`` or ``inconclusive at this precision against the control: ...; this run
         could detect about 1.1 points (80% power)``."""
-        verdict = self.verdict(alpha)
-        if verdict == "within noise":
-            return (f"inconclusive at this precision against {name}: {self.format()}; this run could detect about "
-                    f"{self.detectable:.2f} points (80% power)")
-        return f"{verdict} than {name}: {self.format()}"
+        return _phrase(self, name, alpha, "this run")
 
 
 def _correct_by_seed(predictions: Any, labels: Iterable | None) -> np.ndarray:
