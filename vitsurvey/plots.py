@@ -1,7 +1,10 @@
 """One house style for every figure, and ``savefig`` into ``figures/``.
 
 Colours come from the Okabe-Ito palette (distinguishable with the common colour-vision
-deficiencies). Figures have an opaque white background so they stay readable when JupyterLab or
+deficiencies). One colour per strategy family in every notebook (:data:`FAMILY_COLOURS`: the baseline black, its
+controls grey, a composition of strategies a colour of its own), and within a family one shade per model
+(:func:`colours`), so a model reads the same in every figure. Labels are placed by adjustText, so they never overlap
+(:func:`label_points`). Figures have an opaque white background so they stay readable when JupyterLab or
 GitHub shows them on a dark theme.
 """
 
@@ -17,10 +20,64 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from .paths import figures_dir
 
 __all__ = [
-    "OKABE_ITO", "figures_dir", "label_points", "log_axis", "pareto", "savefig", "use_style",
+    "FAMILY_COLOURS", "OKABE_ITO", "colours", "family_of", "figures_dir", "label_points", "log_axis", "pareto",
+    "savefig", "use_style",
 ]
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+FAMILY_COLOURS = {
+    "baseline": "#000000", "control": "#8C8C8C", "pruning": OKABE_ITO[0], "token reduction": OKABE_ITO[1],
+    "distillation": OKABE_ITO[2], "quantization": OKABE_ITO[3], "compact mixer": OKABE_ITO[4],
+    "multiplexing": OKABE_ITO[5], "composition": "#8B5A2B",
+}
+"""One colour per strategy family, the same in every notebook; the baseline and a composition never share one."""
+
+_FAMILY_WORDS = (  # the first match wins: a stack is a composition whatever its parts are
+    ("composition", ("->", "stack")),
+    ("control", ("control", "fine-tune", "no teacher", "labels only", "mixer budget", "multiplex budget", "fp32")),
+    ("baseline", ("baseline", "dense", "unpruned", "vit-", "plain vit")),
+    ("pruning", ("prun", "magnitude", "structured", "sparse", "head")),
+    ("token reduction", ("tome", "evit", "slimming", "token", "merge")),
+    ("distillation", ("student", "teacher", "distil", "soft", "hard")),
+    ("quantization", ("ptq", "qat", "int8", "fp8", "w8", "w4", "w6", "quant", "bit")),
+    ("multiplexing", ("multiplex", "concatplexer", "im ", "cp ", "n=")),
+    ("compact mixer", ("mixer", "window", "linear", "low-rank", "lowrank", "pool", "fourier", "conv", "attention")),
+)
+
+
+def family_of(name: str) -> str:
+    """The strategy family a model's name belongs to (:data:`FAMILY_COLOURS`), read from the words it uses; a name
+    no rule knows is ``"baseline"``. Pass families explicitly to :func:`colours` where names say too little."""
+    lowered = f"{name.lower()} "
+    for family, words in _FAMILY_WORDS:
+        if any(w in lowered for w in words):
+            return family
+    return "baseline"
+
+
+def _shade(colour: str, t: float) -> str:
+    """``colour`` moved a fraction ``t`` of the way to white (t in [0, 1))."""
+    r, g, b = mpl.colors.to_rgb(colour)
+    return mpl.colors.to_hex((r + (1 - r) * t, g + (1 - g) * t, b + (1 - b) * t))
+
+
+def colours(names: list[str], families: dict[str, str] | None = None) -> dict[str, str]:
+    """A colour for each model: its family's colour (:data:`FAMILY_COLOURS`; ``families`` overrides the guess of
+    :func:`family_of`), the first model of a family at full strength and later ones lighter, so models of one family
+    stay apart and every family stays recognisable. The same names give the same colours in every figure."""
+    by_family: dict[str, list[str]] = {}
+    for n in names:
+        fam = (families or {}).get(n) or family_of(n)
+        if fam not in FAMILY_COLOURS:
+            raise ValueError(f"Unknown family {fam!r} for {n!r}; use one of {', '.join(FAMILY_COLOURS)}.")
+        by_family.setdefault(fam, []).append(n)
+    out = {}
+    for fam, members in by_family.items():
+        step = 0.55 / max(len(members) - 1, 1)
+        for k, n in enumerate(members):
+            out[n] = _shade(FAMILY_COLOURS[fam], k * step) if k else FAMILY_COLOURS[fam]
+    return {n: out[n] for n in names}
 
 
 def use_style() -> None:
@@ -102,14 +159,14 @@ def pareto(
 
 
 def label_points(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str, label: str | None = None) -> None:
-    """Name points (by ``label`` column, else the index), skipping a name that would overprint one
-    already placed (the point stays). Call after the axes' scales are set."""
-    placed: list[tuple[float, float]] = []
-    ax.autoscale_view()  # display coordinates below must use the final data limits
-    for _, row in rows.iterrows():
-        px, py = ax.transData.transform((row[x], row[y]))
-        if any(abs(px - qx) < 90 and abs(py - qy) < 11 for qx, qy in placed):
-            continue
-        placed.append((px, py))
-        text = row.name if label is None else row[label]
-        ax.annotate(str(text), (row[x], row[y]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    """Name every point (by ``label`` column, else the index), the labels moved by adjustText until none overlaps
+    another or a point, each joined to its point by a thin line where it had to move. Call after the axes' scales
+    are set."""
+    from adjustText import adjust_text
+
+    ax.autoscale_view()
+    texts = [ax.text(row[x], row[y], str(row.name if label is None else row[label]), fontsize=7)
+             for _, row in rows.iterrows()]
+    if texts:
+        adjust_text(texts, x=list(rows[x]), y=list(rows[y]), ax=ax,
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
