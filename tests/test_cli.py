@@ -79,13 +79,33 @@ def test_run_executes_and_passes_the_profile(tmp_path, capsys):
     _notebook(src, ['profile = "auto"', "print('profile is', profile)"])
     out = tmp_path / "out"
     assert main(["run", str(src), "--profile", "cpu", "--out", str(out)]) == 0
-    assert "[1/1] 01_ok ... done" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[1/1] 01_ok ... done" in printed and "expected: unknown" in printed
     executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
     assert "profile is cpu" in executed.cells[-1].outputs[0]["text"]
     # papermill's record of where it read and wrote keeps file names, not this machine's directories
     paths = {k: executed.metadata["papermill"][k] for k in ("input_path", "output_path")}
     assert paths == {"input_path": "01_ok.ipynb", "output_path": "01_ok.ipynb"}
     assert str(tmp_path) not in (out / "01_ok.ipynb").read_text()
+
+
+def test_run_says_how_long_it_should_take_from_the_stored_runs(tmp_path):
+    from vitsurvey import notebooks
+
+    paths = []
+    for name, meta in (("01_a", {"duration": 600.0, "parameters": {"profile": "cpu"}}),
+                       ("02_b", {"duration": 300.0, "parameters": {"profile": "cpu"}}),
+                       ("03_c", {"duration": 50.0, "parameters": {"profile": "smoke"}}),
+                       ("04_d", None)):
+        path = _notebook(tmp_path / f"{name}.ipynb", ["x = 1"])
+        if meta is not None:
+            nb = nbformat.read(path, as_version=4)
+            nb.metadata["papermill"] = meta
+            nbformat.write(nb, path)
+        paths.append(path)
+    assert notebooks.expected_seconds(paths, "cpu") == (900.0, ["03_c", "04_d"])
+    assert notebooks.expected_seconds(paths, "smoke") == (50.0, ["01_a", "02_b", "04_d"])
+    assert notebooks.expected_seconds(paths, "gpu") == (0.0, ["01_a", "02_b", "03_c", "04_d"])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ file names, so stored notebooks do not change with the machine that ran them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 from . import profiles, progress
 from .paths import repository_root
 
-__all__ = ["NOTEBOOK_GLOB", "find_notebooks", "notebooks_dir", "run"]
+__all__ = ["NOTEBOOK_GLOB", "expected_seconds", "find_notebooks", "notebooks_dir", "run"]
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 """The notebooks of the course: numbered, ``00_tour.ipynb`` to ``12_leaderboard.ipynb``, in reading order."""
@@ -165,6 +166,23 @@ def _temporaries_in(folder: str) -> Iterator[None]:
         tempfile.tempdir = before
 
 
+def expected_seconds(paths: list[Path], profile: str) -> tuple[float, list[str]]:
+    """How long running ``paths`` in ``profile`` should take, from the duration papermill recorded in each stored
+    notebook when it was last executed in that profile; also the notebooks with no such run to go by."""
+    total, unknown = 0.0, []
+    for path in paths:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+        except (OSError, ValueError):
+            meta = {}
+        duration = meta.get("duration")
+        if isinstance(duration, (int, float)) and (meta.get("parameters") or {}).get("profile") == profile:
+            total += float(duration)
+        else:
+            unknown.append(path.stem)
+    return total, unknown
+
+
 def run(names: list[str], profile: str | None = None, out: str | Path | None = None) -> int:
     """Execute notebooks with papermill, each into a temporary directory and moved into place only when it
     finished: a failed or interrupted run leaves the stored notebook as it was and no temporary copy behind.
@@ -180,6 +198,13 @@ def run(names: list[str], profile: str | None = None, out: str | Path | None = N
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory for the executed notebooks")
     params = {"profile": profile} if profile else {}
+    chosen = profiles.get_profile(profile, resolve_data=False).name
+    seconds, unknown = expected_seconds(paths, chosen)
+    if len(unknown) < len(paths):
+        print(f"expected: about {seconds / 60:.0f} minutes in the {chosen} profile (the stored notebooks' last run in "
+              "it)" + (f"; no earlier {chosen} run of {', '.join(unknown)} to go by" if unknown else ""))
+    else:
+        print(f"expected: unknown (no stored notebook was last run in the {chosen} profile)")
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     current = paths[0]
     scratch = tempfile.mkdtemp(prefix="vitsurvey-run-")
