@@ -42,3 +42,13 @@ def test_every_point_is_labelled_and_no_two_labels_overlap():
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), "two labels overlap"
     plt.close(fig)
+
+
+def test_log_axis_labels_small_ticks_as_numbers():
+    fig, ax = plt.subplots()
+    ax.plot([0.01, 0.5], [1, 2])
+    plots.log_axis(ax, "x")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert "0.02" in labels and "0.0" not in labels
+    plt.close(fig)

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .paths import figures_dir
 
@@ -118,7 +118,7 @@ def log_axis(ax: plt.Axes, which: str = "x") -> None:
         axis = ax.xaxis if name == "x" else ax.yaxis
         getattr(ax, f"set_{name}scale")("log")
         axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(ScalarFormatter())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.02, not "0.0"
         axis.set_minor_formatter(NullFormatter())
 
 
