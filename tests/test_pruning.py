@@ -129,3 +129,64 @@ def test_removed_fraction_reports_whole_heads():
         {"heads": 1 / 3, "neurons": 19 / 96})
     half_of_one_block = pruning.prune_structured(vit, 0.5, blocks=[0])
     assert pruning.removed_fraction(vit, half_of_one_block)["heads"] == pytest.approx(2 / 6)
+
+
+def _masked_head_dims(model, ratio):
+    """The original model with the channels and neurons prune_head_dims removes zeroed (its scaling untouched),
+    chosen here from the scores written out again: ||W_q,j|| ||W_k,j|| and ||W_v,j|| ||W_o[:, j]||."""
+    import copy
+    import math
+
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in masked.blocks:
+            attn, h, d = block.attn, block.attn.num_heads, block.attn.head_dim
+            drop = math.floor(d * ratio + 0.5)
+            w, b = attn.qkv.weight.view(3, h, d, -1), attn.qkv.bias.view(3, h, d)
+            o = attn.proj.weight.view(-1, h, d)
+            for head in range(h):
+                qk = [w[0, head, j].norm() * w[1, head, j].norm() for j in range(d)]
+                vo = [w[2, head, j].norm() * o[:, head, j].norm() for j in range(d)]
+                for j in sorted(range(d), key=lambda j: qk[j])[:drop]:
+                    w[0, head, j] = 0
+                    b[0, head, j] = 0  # q_j = 0 removes q_j k_j from every logit
+                for j in sorted(range(d), key=lambda j: vo[j])[:drop]:
+                    o[:, head, j] = 0  # value channel j no longer reaches the output
+            m = block.mlp.fc1.out_features
+            score = block.mlp.fc1.weight.norm(dim=1) * block.mlp.fc2.weight.norm(dim=0)
+            gone = score.argsort()[: math.floor(m * ratio + 0.5)]
+            block.mlp.fc2.weight[:, gone] = 0
+    return masked
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
+def test_head_width_pruning_equals_the_model_with_those_channels_zeroed(ratio):
+    model, x = _model(), torch.randn(4, 1, 28, 28)
+    pruned = pruning.prune_head_dims(model, ratio)
+    d = CFG.embed_dim // CFG.num_heads
+    for block in pruned.blocks:
+        assert block.attn.num_heads == CFG.num_heads  # every head kept
+        assert block.attn.head_dim == d - round(d * ratio)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), _masked_head_dims(model, ratio)(x), atol=1e-5)
+        assert not torch.allclose(pruned(x), model(x), atol=1e-3)
+    counted = measure.count_macs(pruned, torch.zeros(1, 1, 28, 28)).total
+    assert counted == counts.vit_macs(pruned)["total"] < counts.vit_macs(CFG)["total"]
+
+
+def test_head_width_pruning_removes_the_weakest_channel_of_each_head():
+    model = _model()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.view(3, 4, 12, -1)[0, 1, 5] *= 1e-3  # head 1's query channel 5 made tiny
+    qk, _ = pruning.head_dim_importance(model.blocks[0].attn)
+    assert qk.shape == (4, 12) and int(qk[1].argmin()) == 5
+    pruned = pruning.prune_head_dims(model, 1 / 12)  # one channel per head
+    kept_q = pruned.blocks[0].attn.qkv.weight[11:22]  # head 1's 11 query rows, scaled by sqrt(11 / 12)
+    original = model.blocks[0].attn.qkv.weight[12:24] * (11 / 12) ** 0.5
+    assert torch.allclose(kept_q, torch.cat([original[:5], original[6:]]))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_head_width_pruning_refuses_bad_ratios(bad):
+    with pytest.raises(ValueError, match="ratio"):
+        pruning.prune_head_dims(_model(), bad)

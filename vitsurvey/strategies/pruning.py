@@ -14,6 +14,13 @@ every matrix product shrinks and time falls with it. Importance, for a block wit
   output).
 
 The lowest-ranked ``ratio`` of heads and of neurons is removed in every block (or in chosen blocks).
+
+:func:`prune_head_dims` keeps every head and narrows each instead, as Torch-Pruning's ViT example does by default
+(``prune_head_dims``): the ``ratio`` of each head's query/key channels and of its value channels with the lowest
+scores go, with the MLP's neurons as above. Its scores are ours, by the neuron's reasoning: a query/key channel j
+adds q_j k_j to every attention logit, bounded by ||W_q,j|| ||W_k,j||; a value channel j reaches the output through
+W_o[:, j], bounded by ||W_v,j|| ||W_o[:, j]||. With whole heads in steps of 1/h and channels in steps of 1/d, a
+ratio moves the structure long before it removes another head.
 :func:`mask_structured` zeroes the same heads and neurons without removing them: the two models
 compute the same function, which the tests check.
 """
@@ -33,7 +40,7 @@ from ..models.counts import nonzero_params
 
 __all__ = [
     "head_importance", "magnitude_prune", "make_permanent", "mask_structured", "neuron_importance", "nonzero_params",
-    "prune_structured", "removed_fraction", "require_float", "select_structures", "sparsity_of",
+    "head_dim_importance", "prune_head_dims", "prune_structured", "removed_fraction", "require_float", "select_structures", "sparsity_of",
 ]
 
 
@@ -172,6 +179,59 @@ def prune_structured(
         new.proj.weight.copy_(old.proj.weight[:, rows])
         new.proj.bias.copy_(old.proj.bias)
         block.attn = new
+        mlp = Mlp(D, len(neurons)).to(block.mlp.fc1.weight)
+        mlp.fc1.weight.copy_(block.mlp.fc1.weight[neurons])
+        mlp.fc1.bias.copy_(block.mlp.fc1.bias[neurons])
+        mlp.fc2.weight.copy_(block.mlp.fc2.weight[:, neurons])
+        mlp.fc2.bias.copy_(block.mlp.fc2.bias)
+        block.mlp = mlp
+    return pruned
+
+
+def head_dim_importance(attn: Attention) -> tuple[Tensor, Tensor]:
+    """Importance of every query/key channel and of every value channel of each head, (heads, head_dim) each
+    (ours; see the module docstring)."""
+    h, d = attn.num_heads, attn.head_dim
+    w = attn.qkv.weight.detach().view(3, h, d, -1).norm(dim=-1)  # (q/k/v, head, d)
+    proj = attn.proj.weight.detach().view(-1, h, d).norm(dim=0)  # (head, d)
+    return w[0] * w[1], w[2] * proj
+
+
+@torch.no_grad()
+def prune_head_dims(model: VisionTransformer, ratio: float) -> VisionTransformer:
+    """A copy of ``model`` with every head kept and narrowed: the ``ratio`` of each head's query/key channels and of
+    its value channels with the lowest :func:`head_dim_importance` removed, and the ``ratio`` of MLP neurons with the
+    lowest :func:`neuron_importance`, in every block. The kept weights are unchanged except the queries, scaled by
+    sqrt(d'/d) so that softmax(Q K^T / sqrt(d')) of the narrower heads keeps the model's 1/sqrt(d) scaling: the
+    pruned model computes the original one with the removed channels' terms left out (the tests check it)."""
+    require_plain(model, "Head-width pruning")
+    require_float(model, "Head-width pruning")
+    _check_fraction(ratio, "ratio", "the fraction of each head's channels and of the MLP neurons removed")
+    pruned = copy.deepcopy(model)
+    D = model.cfg.embed_dim
+    for i, block in enumerate(pruned.blocks):
+        old, h, d = block.attn, block.attn.num_heads, block.attn.head_dim
+        keep_d = d - _n_removed(d, ratio)
+        if keep_d < 1:
+            raise ValueError(f"A ratio of {ratio} would remove every channel of block {i}'s heads of width {d}; use a "
+                             f"ratio below {(d - 0.5) / d:.3f}.")
+        qk_score, v_score = head_dim_importance(old)
+        offsets = torch.arange(h)[:, None] * d
+        qk = (qk_score.argsort(dim=1, descending=True)[:, :keep_d].sort(dim=1).values + offsets).flatten()
+        v = (v_score.argsort(dim=1, descending=True)[:, :keep_d].sort(dim=1).values + offsets).flatten()
+        inner = h * d
+        rows = torch.cat([qk, qk + inner, v + 2 * inner])
+        new = Attention(D, h, keep_d).to(old.qkv.weight)
+        new.qkv.weight.copy_(old.qkv.weight[rows])
+        new.qkv.bias.copy_(old.qkv.bias[rows])
+        q_rows = slice(0, h * keep_d)
+        new.qkv.weight[q_rows] *= (keep_d / d) ** 0.5
+        new.qkv.bias[q_rows] *= (keep_d / d) ** 0.5
+        new.proj.weight.copy_(old.proj.weight[:, v])
+        new.proj.bias.copy_(old.proj.bias)
+        block.attn = new
+        m = block.mlp.fc1.out_features
+        neurons = neuron_importance(block.mlp).argsort(descending=True)[: m - _n_removed(m, ratio)].sort().values
         mlp = Mlp(D, len(neurons)).to(block.mlp.fc1.weight)
         mlp.fc1.weight.copy_(block.mlp.fc1.weight[neurons])
         mlp.fc1.bias.copy_(block.mlp.fc1.bias[neurons])
