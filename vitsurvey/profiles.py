@@ -120,6 +120,10 @@ class Profile:
     student_samples: int | None = 20_000
     """Training images for every student (a seeded subset; the same for each, so the steps are equal)."""
     student_epochs: int = 3
+    student_epoch_sweep: tuple[int, ...] = (1, 3, 9)
+    """Training lengths (epochs over ``student_samples`` images) at which notebook 07 trains the student without a
+    teacher and with the CNN teacher's hard labels again, every seed: whether distillation's effect, if it has one,
+    appears only with longer training. A length equal to ``student_epochs`` reuses the main comparison's students."""
     teacher_channels: tuple[int, ...] = (16, 32, 64, 128)
     """Widths of the convolutional teacher's stages (:func:`vitsurvey.models.small_resnet`)."""
     teacher_epochs: int | None = None
@@ -270,7 +274,7 @@ _NON_NEGATIVE_INTS = ("bench_warmup", "slim_finetune_steps", "seed")
 _POSITIVE_FLOATS = ("lr", "finetune_lr")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "warmup_epochs", "bench_min_seconds", "timing_tolerance")
 _POSITIVE_INT_TUPLES = ("bench_batch_sizes", "sweep_batch_sizes", "resolutions", "mixer_grids", "teacher_channels",
-                        "dp_train_sizes", "dp_epoch_choices")
+                        "student_epoch_sweep", "dp_train_sizes", "dp_epoch_choices")
 _POSITIVE_FLOAT_TUPLES = ("dp_clip_norms", "dp_lrs", "dp_epsilons")
 
 
@@ -322,6 +326,7 @@ PROFILES: dict[str, Profile] = {
         student=_fmnist_vit(patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0),
         student_samples=256,
         student_epochs=1,
+        student_epoch_sweep=(1, 2),
         teacher_channels=(8, 8, 16, 16),
         mixer_samples=256,
         mixer_epochs=1,
@@ -413,6 +418,7 @@ PROFILES: dict[str, Profile] = {
         student=_fmnist_vit(embed_dim=96, depth=6, num_heads=3, patch_size=2),
         student_samples=None,
         student_epochs=10,
+        student_epoch_sweep=(3, 10, 30),
         teacher_channels=(64, 128, 256, 512),
         mixer_samples=None,
         mixer_epochs=10,
