@@ -108,6 +108,27 @@ def test_run_says_how_long_it_should_take_from_the_stored_runs(tmp_path):
     assert notebooks.expected_seconds(paths, "gpu") == (0.0, ["01_a", "02_b", "03_c", "04_d"])
 
 
+def test_a_finished_run_is_recorded_and_stamped_in_the_header(tmp_path):
+    from vitsurvey import notebooks
+
+    heading = ("# 01\n\n**Time:** smoke: 1.0 minute on 2 cores (measured by papermill on 2026-01-01); "
+               "cpu: 3.0 minutes on 2 cores (measured by papermill on 2026-01-01), training included.")
+    path = _notebook(tmp_path / "01_a.ipynb", ["x = 1"], heading=heading)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"] = {"duration": 754.2, "start_time": "2026-12-05T01:34:11.5+00:00", "parameters": {}}
+    notebooks.record_run(nb, "cpu", cores=2)
+    header = nb.cells[0].source
+    assert "cpu: 12.6 minutes on 2 cores (measured by papermill on 2026-12-05), training included." in header
+    assert "smoke: 1.0 minute on 2 cores (measured by papermill on 2026-01-01)" in header  # another profile: kept
+    assert nb.metadata["vitsurvey"] == {"profile": "cpu", "seconds": 754.2, "cores": 2, "date": "2026-12-05"}
+    nbformat.write(nb, path)
+    # a run recorded without papermill's profile parameter (make run: the notebooks choose) still counts
+    assert notebooks.expected_seconds([path], "cpu") == (754.2, [])
+    assert notebooks.expected_seconds([path], "smoke") == (0.0, ["01_a"])
+    one = notebooks.time_phrase("cpu", 60.0, 1, "2026-12-05")
+    assert one == "cpu: 1.0 minute on 1 core (measured by papermill on 2026-12-05)"
+
+
 @pytest.mark.slow
 def test_run_failure_names_notebook_and_cell(tmp_path, capsys):
     src = tmp_path / "02_bad.ipynb"

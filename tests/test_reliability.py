@@ -327,3 +327,26 @@ def test_simulated_quantization_of_a_wrapped_timm_or_int8_model_is_refused(vit, 
         with pytest.raises(TypeError, match="QuantViT") as info:
             quant.QuantViT(model, quant.QuantConfig())
         assert found in str(info.value) or found == "quantized" and "float model" in str(info.value)
+
+
+def test_watch_load_sees_another_process_use_a_core():
+    """A busy loop in another process, while this one sleeps, shows as other processes' cores, not this one's."""
+    import subprocess
+    import sys
+    import time
+
+    from vitsurvey.device import watch_load
+
+    busy_loop = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", busy_loop])
+    try:
+        time.sleep(0.3)  # the child is running
+        with watch_load() as found:
+            time.sleep(0.8)
+    finally:
+        spinner.wait()
+    state = found[0]
+    if state.other_cores is None:  # no /proc/stat here
+        return
+    assert state.own_cores < 0.2
+    assert state.other_cores > 0.5

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -104,6 +106,20 @@ def test_finetune_uses_the_profiles_fine_tune_sizes(monkeypatch):
     result = train.finetune(VisionTransformer(train.baseline_config(p)), p)
     assert seen == {"samples": 256, "epochs": 2, "lr": 1e-4}
     assert len(result.history) == 2
+
+
+def test_a_finetune_without_test_never_meets_the_test_images(monkeypatch):
+    calls = []
+    real_evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    p = TINY.replace(finetune_samples=256, finetune_epochs=2)
+    model = VisionTransformer(train.baseline_config(p))
+    before = [t.clone() for t in model.parameters()]
+    result = train.finetune(model, p, test=False)
+    assert calls == [] and math.isnan(result.top1) and len(result.history) == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did train
+    train.finetune(model, p)
+    assert len(calls) == 2  # tested after each of the 2 epochs, as before
 
 
 def test_baseline_cache_ignores_settings_that_do_not_affect_training(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,20 +138,36 @@ class MachineState:
     load_after: float
     cores: int
     steal_pct: float | None
+    own_cores: float | None = None
+    """Cores this process kept busy on average while the block ran (its CPU time over the wall time)."""
+    other_cores: float | None = None
+    """Cores all other processes kept busy on average meanwhile (from ``/proc/stat``; None where it is not read)."""
 
     @property
     def busy(self) -> bool:
+        """Whether processes had to wait for a core: this process and the others together used more cores than
+        there are. Measured over the block itself where ``/proc/stat`` says what the others used; else read from
+        the 1-minute load average, which lags (it still counts, for a minute, a training that just ended)."""
+        if self.own_cores is not None and self.other_cores is not None:
+            return self.own_cores + self.other_cores > self.cores + 0.05  # 0.05: rounding of the CPU-time clocks
         return max(self.load_before, self.load_after) > self.cores
 
     def columns(self) -> dict[str, float | int | None]:
-        """The results-file columns: ``load_before``, ``load_after``, ``cores``, ``steal_pct``."""
+        """The results-file columns: ``load_before``, ``load_after``, ``cores``, ``steal_pct``, ``own_cores``,
+        ``other_cores``."""
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 2)
+
         return {"load_before": round(self.load_before, 2), "load_after": round(self.load_after, 2),
-                "cores": self.cores, "steal_pct": None if self.steal_pct is None else round(self.steal_pct, 2)}
+                "cores": self.cores, "steal_pct": r(self.steal_pct), "own_cores": r(self.own_cores),
+                "other_cores": r(self.other_cores)}
 
     def describe(self) -> str:
         """One sentence on the machine's load, with a warning where it was busier than its cores."""
         steal = "" if self.steal_pct is None else f", {self.steal_pct:.1f}% of CPU time stolen by the hypervisor"
-        text = f"machine load {self.load_before:.2f} -> {self.load_after:.2f} on {self.cores} cores{steal}"
+        others = ("" if self.other_cores is None else
+                  f"; other processes used {self.other_cores:.2f} of the {self.cores} cores meanwhile")
+        text = f"machine load {self.load_before:.2f} -> {self.load_after:.2f} on {self.cores} cores{steal}{others}"
         if self.busy:
             text += (f". Warning: the machine was busier than its {self.cores} cores while this ran; the intervals "
                      "account for the noise this adds, but rerun on an idle machine for the narrowest ones")
@@ -162,12 +179,39 @@ def watch_load() -> Iterator[list[MachineState]]:
     """Measure the machine's load around the block: ``with watch_load() as state: ...`` leaves one
     :class:`MachineState` in ``state`` once the block ends."""
     found: list[MachineState] = []
-    before, jiffies = os.getloadavg()[0], _cpu_jiffies()
+    before, jiffies, used = os.getloadavg()[0], _cpu_jiffies(), _busy_seconds()
+    own, wall = _own_seconds(), time.monotonic()
     try:
         yield found
     finally:
-        after, later = os.getloadavg()[0], _cpu_jiffies()
+        after, later, used_after = os.getloadavg()[0], _cpu_jiffies(), _busy_seconds()
+        own_after, elapsed = _own_seconds(), time.monotonic() - wall
         steal = None
         if jiffies is not None and later is not None and later[1] > jiffies[1]:
             steal = 100.0 * (later[0] - jiffies[0]) / (later[1] - jiffies[1])
-        found.append(MachineState(before, after, cores(), steal))
+        own_cores = other_cores = None
+        if elapsed > 0:
+            own_cores = (own_after - own) / elapsed
+            if used is not None and used_after is not None:
+                other_cores = max(0.0, (used_after - used) / elapsed - own_cores)
+        found.append(MachineState(before, after, cores(), steal, own_cores, other_cores))
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have run since boot (user, nice, system, irq, softirq), from ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        counts = [int(x) for x in fields[1:8]]
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] != "cpu" or len(counts) < 7:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = counts
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds this process (all its threads) has run."""
+    t = os.times()
+    return t.user + t.system

@@ -11,8 +11,10 @@ file names, so stored notebooks do not change with the machine that ran them.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -24,7 +26,8 @@ from pathlib import Path
 from . import profiles, progress
 from .paths import repository_root
 
-__all__ = ["NOTEBOOK_GLOB", "expected_seconds", "find_notebooks", "notebooks_dir", "run"]
+__all__ = ["NOTEBOOK_GLOB", "TIME_STAMP", "expected_seconds", "find_notebooks", "notebooks_dir", "record_run", "run",
+           "time_phrase"]
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 """The notebooks of the course: numbered, ``00_tour.ipynb`` to ``12_leaderboard.ipynb``, in reading order."""
@@ -35,7 +38,39 @@ def notebooks_dir() -> Path:
     return (repository_root() or Path.cwd()) / "notebooks"
 
 
-def _finish(src: str, dest: Path, name: str, drop_injected: bool) -> None:
+TIME_STAMP = re.compile(r"(?P<profile>smoke|cpu|gpu):\s+[\d.]+\s+minutes?\s+on\s+\d+\s+cores?\s+\(measured\s+by\s+"
+                        r"papermill\s+on\s+\d{4}-\d{2}-\d{2}\)")
+"""The phrase in a notebook's header (its first cell) that :func:`record_run` keeps equal to the notebook's last
+measured run in that profile: e.g. ``cpu: 12.3 minutes on 2 cores (measured by papermill on 2026-12-05)``."""
+
+
+def time_phrase(profile: str, seconds: float, cores: int, date: str) -> str:
+    """The header's measured time, as :data:`TIME_STAMP` matches it."""
+    minutes = seconds / 60
+    return (f"{profile}: {minutes:.1f} minute{'' if f'{minutes:.1f}' == '1.0' else 's'} on {cores} "
+            f"core{'' if cores == 1 else 's'} (measured by papermill on {date})")
+
+
+def record_run(nb: object, profile: str, cores: int | None = None) -> None:
+    """Record in an executed notebook (an ``nbformat`` node) the profile it ran in, beside papermill's duration
+    (``metadata.vitsurvey``: what :func:`expected_seconds` reads), and rewrite its header's measured time for that
+    profile (:data:`TIME_STAMP`, which may be wrapped over lines), so the time a reader is told is the one papermill
+    last measured, never typed."""
+    pm = nb.metadata.get("papermill", {})  # type: ignore[attr-defined]
+    seconds = pm.get("duration")
+    if not isinstance(seconds, (int, float)):
+        return
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    date = str(pm.get("start_time") or dt.date.today().isoformat())[:10]
+    record = {"profile": profile, "seconds": round(float(seconds), 1), "cores": cores, "date": date}
+    nb.metadata["vitsurvey"] = record  # type: ignore[attr-defined]
+    cells = nb.cells  # type: ignore[attr-defined]
+    if cells and cells[0].cell_type == "markdown":
+        phrase = time_phrase(profile, float(seconds), cores, date)
+        cells[0].source = TIME_STAMP.sub(lambda m: phrase if m["profile"] == profile else m[0], cells[0].source)
+
+
+def _finish(src: str, dest: Path, name: str, drop_injected: bool, profile: str | None = None) -> None:
     """Write an executed notebook to ``dest`` with papermill's paths reduced to ``name`` (they name
     this machine's directories and a temporary file), and, when the notebook is rewritten in place,
     without papermill's ``injected-parameters`` cell.
@@ -53,6 +88,8 @@ def _finish(src: str, dest: Path, name: str, drop_injected: bool) -> None:
     for key in ("input_path", "output_path"):
         if pm.get(key):
             pm[key] = name
+    if profile is not None:
+        record_run(nb, profile)
     nbformat.write(nb, str(dest))
 
 
@@ -124,7 +161,7 @@ def _last_started(executed: str) -> int | None:
     return started[-1] if started else None
 
 
-def _run_one(path: Path, dest: Path, params: dict, tmp: str) -> str | None:
+def _run_one(path: Path, dest: Path, params: dict, tmp: str, profile: str | None = None) -> str | None:
     """Execute one notebook into ``tmp`` and, if it succeeds, put it at ``dest``; return None, or what failed."""
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -147,7 +184,7 @@ def _run_one(path: Path, dest: Path, params: dict, tmp: str) -> str | None:
                 f"{_cell_as_read(tmp, _last_started(tmp))}")
     staged = dest.with_name(f".{dest.name}.tmp")
     try:
-        _finish(tmp, staged, dest.name, drop_injected=dest.resolve() == path.resolve())
+        _finish(tmp, staged, dest.name, drop_injected=dest.resolve() == path.resolve(), profile=profile)
         os.replace(staged, dest)
     finally:
         staged.unlink(missing_ok=True)
@@ -168,15 +205,18 @@ def _temporaries_in(folder: str) -> Iterator[None]:
 
 def expected_seconds(paths: list[Path], profile: str) -> tuple[float, list[str]]:
     """How long running ``paths`` in ``profile`` should take, from the duration papermill recorded in each stored
-    notebook when it was last executed in that profile; also the notebooks with no such run to go by."""
+    notebook when it was last executed in that profile (the profile :func:`record_run` noted, else the one papermill
+    passed as a parameter); also the notebooks with no such run to go by."""
     total, unknown = 0.0, []
     for path in paths:
         try:
-            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+            metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
         except (OSError, ValueError):
-            meta = {}
+            metadata = {}
+        meta = metadata.get("papermill", {})
+        ran_in = (metadata.get("vitsurvey") or {}).get("profile") or (meta.get("parameters") or {}).get("profile")
         duration = meta.get("duration")
-        if isinstance(duration, (int, float)) and (meta.get("parameters") or {}).get("profile") == profile:
+        if isinstance(duration, (int, float)) and ran_in == profile:
             total += float(duration)
         else:
             unknown.append(path.stem)
@@ -217,7 +257,7 @@ def run(names: list[str], profile: str | None = None, out: str | Path | None = N
                 print(f"[{i}/{len(paths)}] {path.stem} ...", end="\n" if progress.wanted() else " ", flush=True)
                 start = time.perf_counter()
                 tmp = str(Path(scratch) / path.name)
-                failure = _run_one(path, dest, params, tmp)
+                failure = _run_one(path, dest, params, tmp, chosen)
                 if failure is not None:
                     print("FAILED")
                     kept = dest.with_name(f"{dest.stem}.failed.ipynb")

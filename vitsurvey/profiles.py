@@ -373,11 +373,14 @@ PROFILES: dict[str, Profile] = {
         sweep_batch_sizes=(1, 8),
         protocol_models=_PROTOCOL_MODELS,
         # Three training seeds (the default) for every trained comparison cost these sizes, to keep each notebook
-        # within about 20 minutes on 2 cores: 15,000 images per student (from 20,000, notebook 07), 12,000 per
-        # multiplexer (from 20,000, notebook 09), 4,000 per fine-tune after token reduction (from 10,000, notebook 06),
-        # 4,000 per model notebook 10 trains itself (from 10,000); multiplexers train for 2 epochs (from 3, notebooks 09
-        # and 12); and notebook 04's token grids stop at 32 x 32 (1,024 tokens, beyond every mixer's crossover) instead
-        # of 64 x 64, whose timings took most of its time.
+        # within 20 minutes on 2 cores (each notebook's header gives its measured time): 15,000 images per student
+        # (from 20,000, notebook 07), 12,000 per multiplexer (from 20,000, notebook 09), 2,000 per fine-tune after
+        # token reduction (from 10,000, notebook 06, whose 39 fine-tunes, each scored on the test and validation
+        # images, took most of its 24 minutes at 4,000), 4,000 per model notebook 10 trains itself (from 10,000);
+        # multiplexers train for 2 epochs (from 3, notebooks 09 and 12); notebook 04's token grids stop at 32 x 32
+        # (1,024 tokens, beyond every mixer's crossover) instead of 64 x 64, whose timings took most of its time; and
+        # notebook 11 benchmarks the 14 cheapest of S3's 19 timm-buildable models (up to 9.3 GMACs: every 384-px model
+        # and ViT-B/16 left out), which notebook 02's ViT-B/16 timing stands in for.
         # Notebook 10's privacy study (the dp_ fields, defaults above) trains on 250 and 1,000 images, 4 shadow models
         # per size, DP-SGD tuned over 2 clip norms x 2 learning rates x 2 epoch counts at 250 images: about 6 minutes,
         # in place of the 4 minutes its former private trainings on 4,000 images took.
@@ -385,8 +388,9 @@ PROFILES: dict[str, Profile] = {
         student_samples=15_000,
         multiplex_samples=12_000,
         multiplex_epochs=2,
-        token_finetune_samples=4_000,
+        token_finetune_samples=2_000,
         e360_train_samples=4_000,
+        s3_models=14,
     ),
     "gpu": Profile(
         name="gpu",

@@ -111,7 +111,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
-    test_loader: DataLoader,
+    test_loader: DataLoader | None,
     profile: Profile,
     device: str | torch.device | None = None,
     loss: Loss | None = None,
@@ -120,7 +120,8 @@ def fit(
     resume: Path | None = None,
     key: dict | None = None,
 ) -> TrainResult:
-    """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch.
+    """Train ``model`` with the profile's epochs, batch, learning rate and schedule; test each epoch (with
+    ``test_loader`` None: never, and the result's ``top1`` is NaN, for a caller that scores the model itself).
 
     ``loss`` is the objective (default :func:`label_loss`); it sees the images after augmentation, so a
     teacher that it calls sees what the student sees. ``prepare`` wraps model, AdamW optimiser and training
@@ -193,7 +194,7 @@ def fit(
             running += value.item() * y.numel()
             images += y.numel()
         seen += images
-        top1 = evaluate(model, test_loader, device)
+        top1 = evaluate(model, test_loader, device) if test_loader is not None else math.nan
         history.append({"epoch": epoch + 1, "loss": running / max(images, 1), "test_top1": top1})
         if resume is not None and _is_main_process():
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -201,7 +202,8 @@ def fit(
                      "seconds": before + time.perf_counter() - start, "trained_with": settings}
             checkpoints.save_training_state(Path(resume), state)
         if log is not None:
-            log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / max(images, 1):.3f}, test top-1 {top1:.2f}%")
+            tested = f", test top-1 {top1:.2f}%" if test_loader is not None else ""
+            log(f"epoch {epoch + 1}/{profile.epochs}: loss {running / max(images, 1):.3f}{tested}")
     elapsed = before + time.perf_counter() - start
     return TrainResult(history[-1]["test_top1"], profile.epochs, elapsed, seen / max(elapsed, 1e-9), history)
 
@@ -217,15 +219,17 @@ def finetune(
     root: str | Path | None = None,
     loss: Loss | None = None,
     log: Callable[[str], None] | None = None,
+    test: bool = True,
 ) -> TrainResult:
     """The short recovery training after compression: the profile's fine-tune size, epochs and learning
-    rate, a brief warm-up, the same loop as :func:`fit`; tested on the profile's test subset."""
+    rate, a brief warm-up, the same loop as :func:`fit`; tested on the profile's test subset unless ``test`` is
+    False (a caller that scores the model on the test images itself need not pay for it twice; ``top1`` is NaN)."""
     p = profile.replace(
         train_samples=profile.finetune_samples, epochs=profile.finetune_epochs, lr=profile.finetune_lr,
         warmup_epochs=0.1, augment=False,
     )
     train_loader, test_loader = vdata.loaders(p, root)
-    return fit(model, train_loader, test_loader, p, loss=loss, log=log)
+    return fit(model, train_loader, test_loader if test else None, p, loss=loss, log=log)
 
 
 def baseline_config(profile: Profile) -> ViTConfig:

@@ -234,16 +234,17 @@ def pass_times_ms(
     device = torch.device(device)
     x = torch.randn(batch_size, *input_shape, device=device)
     times = []
-    with mode_kept(model), torch.inference_mode():
-        model = model.to(device).eval()
-        for _ in range(passes):
-            if sync:
-                synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if sync:
-                synchronize(device)
-            times.append(1e3 * (time.perf_counter() - start))
+    with mode_kept(model):
+        model = model.to(device).eval()  # outside inference mode: a model with tensor-subclass weights (torchao's
+        with torch.inference_mode():     # int8) cannot move its parameters inside it
+            for _ in range(passes):
+                if sync:
+                    synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if sync:
+                    synchronize(device)
+                times.append(1e3 * (time.perf_counter() - start))
     synchronize(device)
     return times
 
@@ -262,16 +263,17 @@ def latency_ms(
     device = torch.device(device)
     x = torch.randn(1, *input_shape, device=device)
     times = []
-    with mode_kept(model), torch.inference_mode():
-        model = model.to(device).eval()
-        for _ in range(warmup):
-            model(x)
-        for _ in range(iters):
-            synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
+    with mode_kept(model):
+        model = model.to(device).eval()  # outside inference mode, as in pass_times_ms
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            for _ in range(iters):
+                synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                synchronize(device)
+                times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
 
