@@ -40,7 +40,8 @@ from ..models.counts import nonzero_params
 
 __all__ = [
     "head_importance", "magnitude_prune", "make_permanent", "mask_structured", "neuron_importance", "nonzero_params",
-    "head_dim_importance", "prune_head_dims", "prune_structured", "removed_fraction", "require_float", "select_structures", "sparsity_of",
+    "head_dim_importance", "prune_head_dims", "prune_structured", "removed_fraction", "require_float",
+    "select_structures", "sparsity_of",
 ]
 
 
@@ -159,6 +160,16 @@ def _head_rows(heads: Tensor, head_dim: int) -> Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
+def _narrow_mlp(mlp: Mlp, neurons: Tensor) -> Mlp:
+    """A copy of ``mlp`` keeping only the hidden ``neurons`` (sorted indices), their weights unchanged."""
+    new = Mlp(mlp.fc1.in_features, len(neurons)).to(mlp.fc1.weight)
+    new.fc1.weight.copy_(mlp.fc1.weight[neurons])
+    new.fc1.bias.copy_(mlp.fc1.bias[neurons])
+    new.fc2.weight.copy_(mlp.fc2.weight[:, neurons])
+    new.fc2.bias.copy_(mlp.fc2.bias)
+    return new
+
+
 @torch.no_grad()
 def prune_structured(
     model: VisionTransformer, ratio: float, blocks: Sequence[int] | None = None
@@ -179,12 +190,7 @@ def prune_structured(
         new.proj.weight.copy_(old.proj.weight[:, rows])
         new.proj.bias.copy_(old.proj.bias)
         block.attn = new
-        mlp = Mlp(D, len(neurons)).to(block.mlp.fc1.weight)
-        mlp.fc1.weight.copy_(block.mlp.fc1.weight[neurons])
-        mlp.fc1.bias.copy_(block.mlp.fc1.bias[neurons])
-        mlp.fc2.weight.copy_(block.mlp.fc2.weight[:, neurons])
-        mlp.fc2.bias.copy_(block.mlp.fc2.bias)
-        block.mlp = mlp
+        block.mlp = _narrow_mlp(block.mlp, neurons)
     return pruned
 
 
@@ -232,12 +238,7 @@ def prune_head_dims(model: VisionTransformer, ratio: float) -> VisionTransformer
         block.attn = new
         m = block.mlp.fc1.out_features
         neurons = neuron_importance(block.mlp).argsort(descending=True)[: m - _n_removed(m, ratio)].sort().values
-        mlp = Mlp(D, len(neurons)).to(block.mlp.fc1.weight)
-        mlp.fc1.weight.copy_(block.mlp.fc1.weight[neurons])
-        mlp.fc1.bias.copy_(block.mlp.fc1.bias[neurons])
-        mlp.fc2.weight.copy_(block.mlp.fc2.weight[:, neurons])
-        mlp.fc2.bias.copy_(block.mlp.fc2.bias)
-        block.mlp = mlp
+        block.mlp = _narrow_mlp(block.mlp, neurons)
     return pruned
 
 
