@@ -268,6 +268,9 @@ def test_measure_models_over_seeds(vit, test_set):
     assert board.loc["trained", "top1"] == pytest.approx(sum(per_seed) / 2)
     assert board.loc["trained", "top1_seed_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
     assert board.loc["trained", "seeds"] == "0,1" and board.loc["fixed", "seeds"] == ""
+    by_seed = [float(v) for v in board.loc["trained", "top1_by_seed"].split(",")]
+    assert by_seed == pytest.approx(per_seed, abs=1e-4)  # each seed's top-1, in the seeds' order
+    assert board.loc["fixed", "top1_by_seed"] == ""
     assert math.isnan(board.loc["fixed", "top1_seed_std"])
     base = [(vit(x).argmax(-1)).numpy()] * 2
     expected = metrics.seeded_comparison([m(x).argmax(-1).numpy() for m in others], base, y.numpy())
@@ -286,6 +289,20 @@ def test_own_result_averages_the_seeds_asked_for(tmp_path, monkeypatch):
     assert lb.own_result("07_knowledge_distillation", "s", None, "cpu", seeds=(0, 1, 2)) == pytest.approx((90.0 + 81.0 + 82.0) / 3)  # seed 0: its newest row
     assert lb.own_result("07_knowledge_distillation", "s", None, "cpu", seeds=(0, 1, 2, 3)) is None  # seed 3 missing
     assert lb.own_result("07_knowledge_distillation", "s", None, "cpu") == 90.0
+    assert lb.own_seed_results("07_knowledge_distillation", "s", None, "cpu", seeds=(2, 0)) == [82.0, 90.0]
+
+
+def test_own_result_refuses_to_guess_among_settings(tmp_path, monkeypatch):
+    """A notebook that sweeps a setting writes one method under several; without the setting, the newest row would be
+    the sweep's last length, not the main comparison's, so the reader must name it."""
+    monkeypatch.setenv(results.ENV_OUTPUT, str(tmp_path))
+    results.append("07_knowledge_distillation",
+                   [{"method": "s", "setting": f"{e} epochs", "seed": k, "top1": 70.0 + 5 * e + k}
+                    for e in (1, 3) for k in range(2)], "cpu", "cpu")
+    with pytest.raises(ValueError, match="several settings.*'1 epochs', '3 epochs'"):
+        lb.own_result("07_knowledge_distillation", "s", None, "cpu", seeds=(0, 1))
+    assert lb.own_seed_results("07_knowledge_distillation", "s", "1 epochs", "cpu", seeds=(0, 1)) == [75.0, 76.0]
+    assert lb.own_result("07_knowledge_distillation", "s", "3 epochs", "cpu", seeds=(0, 1)) == pytest.approx(85.5)
 
 
 def test_own_result_reads_the_newest_matching_row(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import platform
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 

@@ -264,8 +264,9 @@ class Profile:
 
 
 _POSITIVE_INTS = ("seeds", "epochs", "batch_size", "bench_iters", "latency_iters", "timing_rounds", "timing_max_rounds",
-                  "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs", "mixer_epochs",
-                  "multiplex_epochs", "multiplex_k", "e360_epochs", "dp_epochs", "dp_batch_size", "dp_shadows")
+                  "timing_iters", "timing_batch", "finetune_epochs", "slim_sample", "calib_samples", "student_epochs",
+                  "mixer_epochs", "multiplex_epochs", "multiplex_k", "e360_epochs", "dp_epochs", "dp_batch_size",
+                  "dp_shadows")
 _OPTIONAL_POSITIVE_INTS = ("train_samples", "test_samples", "val_samples", "token_baseline_epochs", "s3_models",
                            "finetune_samples", "token_finetune_samples", "student_samples", "teacher_epochs",
                            "mixer_samples", "mixer_models", "multiplex_samples", "e360_samples", "e360_train_samples",

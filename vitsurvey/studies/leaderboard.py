@@ -42,14 +42,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS", "CompositionError", "FRONTS", "FRONT_INTERVALS", "NoResults", "STEM", "Step", "additivity",
-    "compose", "describe_run", "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models", "model_bytes", "orders",
-    "own_result", "pareto_fronts", "read", "save", "write_html",
+    "compose", "describe_run", "eer_ranking", "eer_sensitivity", "format_board", "is_simulated", "measure_models",
+    "model_bytes", "orders", "own_result", "own_seed_results", "pareto_fronts", "read", "save", "write_html",
 ]
 
 STEM = "12_leaderboard"
 """Results file of the leaderboard: ``data/results/12_leaderboard.csv`` (and ``.html`` beside it)."""
 
-COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "top1_seed_std", "seeds", "n_test",
+COLUMNS = ["model", "family", "steps", "control", "top1", "top1_se", "top1_seed_std", "seeds", "top1_by_seed",
+           "n_test",
            "top1_vs_control", "top1_vs_control_low", "top1_vs_control_high", "detectable_vs_control", "p_vs_control",
            "accuracy_vs_control",
            "params", "nonzero_params", "macs", "bytes", "infer_mem_bytes", "speedup", "speedup_low", "speedup_high",
@@ -161,9 +162,10 @@ def measure_models(
     Seeds: ``models`` holds each row's first-seed model (the one measured and timed); ``later_seeds`` maps a row
     trained with several seeds to its models of the other seeds, in order, and ``seeds`` to all its seeds (written
     to the ``seeds`` column as ``"0,1,2"``; empty where no training made the row). Such a row's ``top1`` is the mean
-    over its seeds, ``top1_seed_std`` their standard deviation, and its comparison with its control is
-    :func:`vitsurvey.metrics.seeded_comparison` (seeds and test images together). A side with one model (no seeds, or
-    one) is that one model at every seed of the other side: a fixed model against a recipe whose seeds vary.
+    over its seeds, ``top1_seed_std`` their standard deviation, ``top1_by_seed`` each seed's top-1 (``"80.1600,..."``,
+    in the seeds' order), and its comparison with its control is :func:`vitsurvey.metrics.seeded_comparison` (seeds
+    and test images together). A side with one model (no seeds, or one) is that one model at every seed of the other
+    side: a fixed model against a recipe whose seeds vary.
     """
     if reference not in models:
         raise KeyError(f"The reference {reference!r} is not among the models: {', '.join(models)}.")
@@ -194,6 +196,7 @@ def measure_models(
             "top1": top1, "top1_se": metrics.top1_se(top1, len(y)), "n_test": len(y),
             "top1_seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
             "seeds": ",".join(str(int(s)) for s in (seeds or {}).get(name, ())),
+            "top1_by_seed": ",".join(f"{v:.4f}" for v in per_seed) if (seeds or {}).get(name) else "",
             "params": measure.count_params(model, trainable_only=False), "nonzero_params": nonzero_params(model),
             "macs": round(measure.count_macs(model, probe).total / len(probe)), "bytes": model_bytes(model),
             "infer_mem_bytes": measure.inference_memory(model, shape, batch, device).peak_bytes,
@@ -280,31 +283,49 @@ def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts:
 
 def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
                seeds: Sequence[int] | None = None) -> float | None:
-    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``, unless None) in
-    ``profile``, or None where that notebook has not measured it in this profile. Rows are appended in order,
-    so the last matching row is the newest.
+    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``) in ``profile``, or
+    None where that notebook has not measured it in this profile. Rows are appended in order, so the last matching
+    row is the newest.
 
     With ``seeds`` (a model trained at several seeds, one row per seed in an int ``seed`` column): the mean over
-    those seeds of each seed's newest row, so it reads the same number the leaderboard shows; None unless every
-    seed has a row."""
+    those seeds of each seed's newest row (:func:`own_seed_results`), so it reads the same number the leaderboard
+    shows; None unless every seed has a row.
+
+    ``setting`` None matches any setting, and is refused (ValueError) where the method's rows carry more than one:
+    a notebook that sweeps a setting (training length, bit width) writes the same method under each, and the newest
+    row would be whichever the sweep wrote last, not the one meant."""
+    values = own_seed_results(stem, method, setting, profile, column, seeds or ())
+    if values is None:
+        return None
+    return float(np.mean(values)) if seeds else values[-1]
+
+
+def own_seed_results(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
+                     seeds: Sequence[int] = ()) -> list[float] | None:
+    """Each of ``seeds``' newest ``column`` value for ``method`` at ``setting`` in ``profile``, in the seeds' order
+    (None unless every seed has a row): what a seed spread or a comparison over seeds needs. Without ``seeds``:
+    every matching value, oldest first. ``setting`` as in :func:`own_result`."""
     frame = results.read(stem)
     if column not in frame.columns:
         return None
     rows = frame[(frame["profile"] == profile) & (frame["method"] == method)]
     if setting is not None:
         rows = rows[rows["setting"] == setting]
+    elif "setting" in rows.columns and rows["setting"].dropna().nunique() > 1:
+        raise ValueError(f"{stem} holds {method!r} in the {profile} profile under several settings "
+                         f"({', '.join(map(repr, rows['setting'].dropna().unique()))}); name the one to read.")
     rows = rows.dropna(subset=[column])
-    if seeds is None or not len(seeds):
-        return None if rows.empty else float(rows[column].iloc[-1])
+    if not seeds:
+        return None if rows.empty else [float(v) for v in rows[column]]
     if "seed" not in rows.columns:
         return None
-    newest = {}
+    newest = []
     for s in seeds:
         mine = rows[pd.to_numeric(rows["seed"], errors="coerce") == int(s)]
         if mine.empty:
             return None
-        newest[s] = float(mine[column].iloc[-1])
-    return float(np.mean(list(newest.values())))
+        newest.append(float(mine[column].iloc[-1]))
+    return newest
 
 
 # --------------------------------------------------------------------------- ranking
