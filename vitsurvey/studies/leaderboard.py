@@ -281,42 +281,45 @@ def additivity(board: pd.DataFrame, timings: measure.Timings, stack: str, parts:
             "adds_up_top1": abs(measured_top1 - predicted_top1) <= 2 * se}
 
 
-def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
-               seeds: Sequence[int] | None = None) -> float | None:
-    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``) in ``profile``, or
-    None where that notebook has not measured it in this profile. Rows are appended in order, so the last matching
-    row is the newest.
-
-    With ``seeds`` (a model trained at several seeds, one row per seed in an int ``seed`` column): the mean over
-    those seeds of each seed's newest row (:func:`own_seed_results`), so it reads the same number the leaderboard
-    shows; None unless every seed has a row.
-
-    ``setting`` None matches any setting, and is refused (ValueError) where the method's rows carry more than one:
-    a notebook that sweeps a setting (training length, bit width) writes the same method under each, and the newest
-    row would be whichever the sweep wrote last, not the one meant."""
-    values = own_seed_results(stem, method, setting, profile, column, seeds or ())
-    if values is None:
-        return None
-    return float(np.mean(values)) if seeds else values[-1]
-
-
-def own_seed_results(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
-                     seeds: Sequence[int] = ()) -> list[float] | None:
-    """Each of ``seeds``' newest ``column`` value for ``method`` at ``setting`` in ``profile``, in the seeds' order
-    (None unless every seed has a row): what a seed spread or a comparison over seeds needs. Without ``seeds``:
-    every matching value, oldest first. ``setting`` as in :func:`own_result`."""
+def _own_rows(stem: str, method: str, setting: str | None, profile: str, column: str) -> pd.DataFrame:
+    """The rows notebook ``stem`` wrote for ``method`` (at ``setting``) in ``profile`` with a ``column`` value, oldest
+    first. ``setting`` None matches any setting, and is refused (ValueError) where the method's rows carry more than
+    one: a notebook that sweeps a setting (training length, bit width) writes the same method under each, and the
+    newest row would be whichever the sweep wrote last, not the one meant."""
     frame = results.read(stem)
     if column not in frame.columns:
-        return None
+        return frame.iloc[0:0]
     rows = frame[(frame["profile"] == profile) & (frame["method"] == method)]
     if setting is not None:
         rows = rows[rows["setting"] == setting]
     elif "setting" in rows.columns and rows["setting"].dropna().nunique() > 1:
         raise ValueError(f"{stem} holds {method!r} in the {profile} profile under several settings "
                          f"({', '.join(map(repr, rows['setting'].dropna().unique()))}); name the one to read.")
-    rows = rows.dropna(subset=[column])
-    if not seeds:
-        return None if rows.empty else [float(v) for v in rows[column]]
+    return rows.dropna(subset=[column])
+
+
+def own_result(stem: str, method: str, setting: str | None, profile: str, column: str = "top1",
+               seeds: Sequence[int] | None = None) -> float | None:
+    """The newest ``column`` value that notebook ``stem`` wrote for ``method`` (and ``setting``; None: any, where the
+    method has only one) in ``profile``, or None where that notebook has not measured it in this profile. Rows are
+    appended in order, so the last matching row is the newest.
+
+    With ``seeds`` (a model trained at several seeds, one row per seed in an int ``seed`` column): the mean over
+    those seeds of each seed's newest row (:func:`own_seed_results`), so it reads the same number the leaderboard
+    shows; None unless every seed has a row."""
+    if seeds:
+        values = own_seed_results(stem, method, setting, profile, seeds, column)
+        return None if values is None else float(np.mean(values))
+    rows = _own_rows(stem, method, setting, profile, column)
+    return None if rows.empty else float(rows[column].iloc[-1])
+
+
+def own_seed_results(stem: str, method: str, setting: str | None, profile: str, seeds: Sequence[int],
+                     column: str = "top1") -> list[float] | None:
+    """Each of ``seeds``' newest ``column`` value for ``method`` at ``setting`` in ``profile``, in the seeds' order,
+    or None unless every seed has a row: what a seed spread or a comparison over seeds needs. ``setting`` as in
+    :func:`own_result`."""
+    rows = _own_rows(stem, method, setting, profile, column)
     if "seed" not in rows.columns:
         return None
     newest = []
